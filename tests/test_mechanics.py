@@ -1,0 +1,199 @@
+"""The shared mechanics leave every model exactly as they found it and reject bad input clearly."""
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from vizlib.mechanics import activations, batches, capture, check_input, check_target, device, preserved, resolve_layer, swapped
+
+
+def all_hooks(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+               + len(getattr(m, "_backward_pre_hooks", {})) for m in model.modules())
+
+
+def resnet18():
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(weights=None, num_classes=5).eval()
+
+
+class GuidedReLU(nn.Module):
+    calls = 0
+
+    def forward(self, x):
+        GuidedReLU.calls += 1
+        return torch.relu(x)
+
+
+# --- resolve_layer --------------------------------------------------------------------------------
+
+def test_resolve_layer_finds_dotted_names(lite0):
+    assert resolve_layer(lite0, "blocks.3") is lite0.blocks[3]
+    assert resolve_layer(lite0, "blocks.3.depthwise.conv") is lite0.blocks[3].depthwise.conv
+
+
+def test_resolve_layer_accepts_a_submodule_and_rejects_a_foreign_one(lite0):
+    assert resolve_layer(lite0, lite0.head) is lite0.head
+    with pytest.raises(ValueError, match="layer: .*not a submodule"):
+        resolve_layer(lite0, nn.ReLU())
+
+
+def test_unknown_layer_name_lists_close_matches(lite0):
+    with pytest.raises(KeyError, match=r"unknown layer name 'block\.3'.*blocks\.3"):
+        resolve_layer(lite0, "block.3")
+
+
+# --- capture --------------------------------------------------------------------------------------
+
+def test_capture_records_activation_and_its_gradient(tiny_vgg):
+    x = torch.randn(2, 3, 32, 32)
+    layer = tiny_vgg.features[5]
+    with capture(tiny_vgg, layer) as store:
+        score = tiny_vgg(x)[:, 1].sum()
+        score.backward()
+    expected_activation = tiny_vgg.features[:6](x)
+    torch.testing.assert_close(store.activation, expected_activation)
+    activation = tiny_vgg.features[:6](x).detach().requires_grad_()
+    (expected_gradient,) = torch.autograd.grad(tiny_vgg.classifier(tiny_vgg.features[6:](activation))[:, 1].sum(), activation)
+    torch.testing.assert_close(store.gradient, expected_gradient)
+
+
+def test_capture_removes_every_hook_on_exit(lite0, chelsea):
+    before = all_hooks(lite0)
+    with capture(lite0, "blocks.15") as store:
+        lite0(chelsea.clone().requires_grad_())[0, 285].backward()
+    assert store.gradient is not None and all_hooks(lite0) == before == 0
+
+
+def test_capture_removes_every_hook_when_the_body_raises(tiny_vgg):
+    with pytest.raises(RuntimeError, match="boom"):
+        with capture(tiny_vgg, "features.2"):
+            tiny_vgg(torch.randn(1, 3, 32, 32))
+            raise RuntimeError("boom")
+    assert all_hooks(tiny_vgg) == 0
+
+
+def test_capture_in_a_loop_leaks_no_hooks(tiny_vgg):
+    for _ in range(20):
+        with capture(tiny_vgg, "features.2"):
+            tiny_vgg(torch.randn(1, 3, 32, 32))
+    assert all_hooks(tiny_vgg) == 0
+
+
+# --- swapped --------------------------------------------------------------------------------------
+
+def test_swapped_replaces_inplace_and_reused_relus_and_restores_the_originals():
+    model = resnet18()
+    originals = dict(model.named_modules(remove_duplicate=False))
+    x = torch.randn(1, 3, 64, 64)
+    reference = model(x)
+    GuidedReLU.calls = 0
+    with swapped(model, lambda m: isinstance(m, nn.ReLU), lambda m: GuidedReLU()) as replaced:
+        assert not any(isinstance(m, nn.ReLU) for m in model.modules())
+        # BasicBlock calls its single `relu` twice; the stem's relu once: 8 blocks × 2 + 1.
+        torch.testing.assert_close(model(x), reference)
+        assert GuidedReLU.calls == 17
+        assert "layer1.0.relu" in replaced
+    after = dict(model.named_modules(remove_duplicate=False))
+    assert after.keys() == originals.keys()
+    assert all(after[name] is originals[name] for name in originals)
+    assert model.layer1[0].relu.inplace is True
+
+
+def test_swapped_keeps_a_module_shared_under_two_names_shared():
+    shared = nn.ReLU(inplace=True)
+    model = nn.Sequential(nn.Linear(3, 3), shared, nn.Linear(3, 3), shared)
+    with swapped(model, lambda m: isinstance(m, nn.ReLU), lambda m: GuidedReLU()):
+        assert model[1] is model[3] and isinstance(model[1], GuidedReLU)
+    assert model[1] is shared and model[3] is shared
+
+
+def test_swapped_restores_the_originals_when_the_body_raises():
+    model = resnet18()
+    relu = model.relu
+    with pytest.raises(RuntimeError, match="boom"):
+        with swapped(model, lambda m: isinstance(m, nn.ReLU), lambda m: GuidedReLU()):
+            raise RuntimeError("boom")
+    assert model.relu is relu and model.layer4[1].relu.inplace
+
+
+# --- preserved ------------------------------------------------------------------------------------
+
+def test_preserved_restores_mode_and_requires_grad_even_on_error(tiny_vgg):
+    tiny_vgg.train()
+    tiny_vgg.features[1].eval()
+    tiny_vgg.classifier[1].weight.requires_grad_(False)
+    modes = [m.training for m in tiny_vgg.modules()]
+    flags = [p.requires_grad for p in tiny_vgg.parameters()]
+    with pytest.raises(RuntimeError, match="boom"):
+        with preserved(tiny_vgg):
+            assert not any(m.training for m in tiny_vgg.modules())
+            assert not any(p.requires_grad for p in tiny_vgg.parameters())
+            raise RuntimeError("boom")
+    assert [m.training for m in tiny_vgg.modules()] == modes
+    assert [p.requires_grad for p in tiny_vgg.parameters()] == flags
+
+
+# --- check_input / check_target -------------------------------------------------------------------
+
+def test_check_input_accepts_a_float_batch():
+    x = torch.rand(2, 3, 8, 8)
+    assert check_input(x) is x
+
+
+@pytest.mark.parametrize("bad, error, message", [
+    (torch.rand(3, 8, 8), ValueError, r"x: .*single image.*x\.unsqueeze\(0\)"),
+    (torch.rand(8, 8), ValueError, r"x: expected 4 dimensions"),
+    (torch.rand(1, 1, 3, 8, 8), ValueError, r"x: expected 4 dimensions"),
+    (torch.zeros(1, 3, 8, 8, dtype=torch.uint8), TypeError, r"x: expected a floating-point tensor.*uint8"),
+    (torch.full((1, 3, 8, 8), float("nan")), ValueError, r"x: contains NaN or inf"),
+    (torch.full((1, 3, 8, 8), float("inf")), ValueError, r"x: contains NaN or inf"),
+    (torch.rand(1, 224, 224, 3), ValueError, r"x: .*channels-last.*permute\(0, 3, 1, 2\)"),
+    (torch.rand(0, 3, 8, 8), ValueError, r"x: expected a non-empty batch"),
+    ([[1.0]], TypeError, r"x: expected a torch.Tensor"),
+])
+def test_check_input_rejects_bad_input_with_a_clear_error(bad, error, message):
+    with pytest.raises(error, match=message):
+        check_input(bad)
+
+
+def test_check_target_expands_ints_and_picks_the_predicted_class():
+    logits = torch.tensor([[0.0, 2.0, 1.0], [3.0, 0.0, 1.0]])
+    assert check_target(None, logits).tolist() == [1, 0]
+    assert check_target(2, logits).tolist() == [2, 2]
+    assert check_target(torch.tensor([0, 2]), logits).tolist() == [0, 2]
+    assert check_target(torch.tensor(1), logits).tolist() == [1, 1]
+
+
+@pytest.mark.parametrize("bad, error, message", [
+    (3, ValueError, r"target: class index 3 is out of range for a model with 3 classes"),
+    (-1, ValueError, r"target: class index -1 is out of range"),
+    (torch.tensor([0, 1, 2]), ValueError, r"target: expected 2 class indices"),
+    (torch.tensor([0.0, 1.0]), TypeError, r"target: expected an integer tensor"),
+    ("cat", TypeError, r"target: expected an int"),
+    (True, TypeError, r"target: .*bool"),
+])
+def test_check_target_rejects_bad_targets_with_a_clear_error(bad, error, message):
+    with pytest.raises(error, match=message):
+        check_target(bad, torch.zeros(2, 3))
+
+
+def test_batches_cover_the_range_in_chunks():
+    assert [(s.start, s.stop) for s in batches(10, 4)] == [(0, 4), (4, 8), (8, 10)]
+    assert [(s.start, s.stop) for s in batches(5, None)] == [(0, 5)]
+    with pytest.raises(ValueError, match="batch_size"):
+        list(batches(5, 0))
+
+
+def test_device_is_cuda_exactly_when_available():
+    assert device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_activations_returns_each_layer_output_of_one_forward_pass(tiny_vgg):
+    x = torch.randn(2, 3, 32, 32)
+    tiny_vgg.train()
+    maps = activations(tiny_vgg, x, ["features.2", "features.6"])
+    assert tiny_vgg.training and all_hooks(tiny_vgg) == 0
+    tiny_vgg.eval()
+    torch.testing.assert_close(maps["features.2"], tiny_vgg.features[:3](x))
+    torch.testing.assert_close(maps["features.6"], tiny_vgg.features[:7](x))

@@ -1,0 +1,227 @@
+"""Shared mechanics: layer lookup, hooks, module swapping, state guards, input checks, batching.
+
+Every method in vizlib uses these helpers, so each piece of bookkeeping (removing hooks,
+restoring modules, checking inputs) is written and tested once.
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+__all__ = [
+    "resolve_layer",
+    "capture",
+    "Capture",
+    "activations",
+    "swapped",
+    "preserved",
+    "check_input",
+    "check_target",
+    "batches",
+    "device",
+]
+
+
+def device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_layer(model: nn.Module, layer: str | nn.Module) -> nn.Module:
+    """The submodule of `model` named by a dotted path such as ``"blocks.3"``, or `layer` itself.
+
+    An unknown name raises a KeyError listing the closest valid names.
+    """
+    if isinstance(layer, nn.Module):
+        if not any(layer is module for module in model.modules()):
+            raise ValueError("layer: the given module is not a submodule of model")
+        return layer
+    if not isinstance(layer, str):
+        raise TypeError(f"layer: expected a module or a dotted name, got {type(layer).__name__}")
+    modules = dict(model.named_modules())
+    if layer in modules:
+        return modules[layer]
+    names = [name for name in modules if name]
+    close = difflib.get_close_matches(layer, names, n=5, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise KeyError(
+        f"layer: unknown layer name {layer!r}.{hint} "
+        f"Top-level layers are: {', '.join(name for name, _ in model.named_children())}."
+    )
+
+
+@dataclass
+class Capture:
+    """What `capture` recorded for one layer: its output activation and the gradient w.r.t. it."""
+
+    module: nn.Module
+    activation: torch.Tensor | None = None
+    gradient: torch.Tensor | None = None
+    handles: list = field(default_factory=list, repr=False)
+
+
+@contextlib.contextmanager
+def capture(model: nn.Module, layer: str | nn.Module, *, gradients: bool = True) -> Iterator[Capture]:
+    """Record the output of `layer` (and, after backward, the gradient w.r.t. it).
+
+    The hooks are removed on exit, also when the body raises. If the layer runs several
+    times in one forward pass, the last call is kept.
+    """
+    store = Capture(resolve_layer(model, layer))
+
+    def keep_gradient(grad: torch.Tensor) -> None:
+        store.gradient = grad
+
+    def keep_output(module, inputs, output) -> None:
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(f"layer: {type(module).__name__} returned {type(output).__name__}, expected a Tensor")
+        store.activation = output
+        if gradients and output.requires_grad:
+            store.handles.append(output.register_hook(keep_gradient))
+
+    store.handles.append(store.module.register_forward_hook(keep_output))
+    try:
+        yield store
+    finally:
+        for handle in store.handles:
+            handle.remove()
+        store.handles.clear()
+
+
+@torch.no_grad()
+def activations(model: nn.Module, x: torch.Tensor, layers) -> dict[str, torch.Tensor]:
+    """The outputs of several layers for one forward pass: {layer name: activation [N, C, H, W]}."""
+    x = check_input(x)
+    names = [layers] if isinstance(layers, str) else list(layers)
+    with contextlib.ExitStack() as stack, preserved(model):
+        stores = {name: stack.enter_context(capture(model, name, gradients=False)) for name in names}
+        model(x)
+    return {name: store.activation for name, store in stores.items()}
+
+
+def _parent_and_name(model: nn.Module, qualified_name: str) -> tuple[nn.Module, str]:
+    parent_name, _, child_name = qualified_name.rpartition(".")
+    return (model.get_submodule(parent_name) if parent_name else model), child_name
+
+
+@contextlib.contextmanager
+def swapped(
+    model: nn.Module,
+    select: Callable[[nn.Module], bool],
+    replace: Callable[[nn.Module], nn.Module],
+) -> Iterator[dict[str, nn.Module]]:
+    """Temporarily replace every submodule for which ``select(module)`` is true by ``replace(module)``.
+
+    A module registered under several names (torchvision's ResNet reuses one ReLU per block) is
+    replaced by one shared replacement, so it stays shared. The replacement of an in-place module
+    must not be in-place itself: `replace` receives the original and decides. The original
+    modules are put back on exit, also when the body raises. Yields {name: replacement}.
+    """
+    originals: list[tuple[nn.Module, str, nn.Module]] = []
+    replacements: dict[int, nn.Module] = {}
+    named: dict[str, nn.Module] = {}
+    for name, module in list(model.named_modules(remove_duplicate=False)):
+        if not name or not select(module):
+            continue
+        if id(module) not in replacements:
+            replacements[id(module)] = replace(module)
+        parent, child = _parent_and_name(model, name)
+        originals.append((parent, child, module))
+        named[name] = replacements[id(module)]
+    try:
+        for parent, child, module in originals:
+            setattr(parent, child, replacements[id(module)])
+        yield named
+    finally:
+        for parent, child, module in reversed(originals):
+            setattr(parent, child, module)
+
+
+@contextlib.contextmanager
+def preserved(model: nn.Module, *, eval_mode: bool = True, freeze: bool = True) -> Iterator[nn.Module]:
+    """Restore the train/eval mode of every submodule and each parameter's `requires_grad` on exit.
+
+    Inside, the model is in eval mode (dropout off, BatchNorm uses running statistics) and its
+    parameters do not require grad, so attribution computes gradients w.r.t. the input only.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
+    try:
+        if eval_mode:
+            model.eval()
+        if freeze:
+            for parameter, _ in flags:
+                parameter.requires_grad_(False)
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+        for parameter, requires_grad in flags:
+            parameter.requires_grad_(requires_grad)
+
+
+def check_input(x: torch.Tensor, *, name: str = "x") -> torch.Tensor:
+    """Validate an image batch: a finite floating-point tensor shaped [N, C, H, W]."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor of shape [N, C, H, W], got {type(x).__name__}")
+    if x.dim() == 3:
+        raise ValueError(
+            f"{name}: expected a batch [N, C, H, W], got a single image of shape {tuple(x.shape)}; "
+            f"use {name}.unsqueeze(0)"
+        )
+    if x.dim() != 4:
+        raise ValueError(f"{name}: expected 4 dimensions [N, C, H, W], got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got {x.dtype}; use {name}.float()")
+    if x.numel() == 0:
+        raise ValueError(f"{name}: expected a non-empty batch, got shape {tuple(x.shape)}")
+    if x.shape[3] in (1, 3, 4) and x.shape[1] > 4 and x.shape[2] > 4:
+        raise ValueError(
+            f"{name}: shape {tuple(x.shape)} looks channels-last [N, H, W, C]; "
+            f"use {name}.permute(0, 3, 1, 2)"
+        )
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name}: contains NaN or inf values")
+    return x
+
+
+def check_target(target, logits: torch.Tensor) -> torch.Tensor:
+    """Turn `target` (int, LongTensor [N], or None for the predicted class) into a LongTensor [N].
+
+    `logits` is the model's output [N, K] for the batch; it gives N, K and the predicted class.
+    """
+    n, num_classes = logits.shape[0], logits.shape[-1]
+    if target is None:
+        return logits.detach().argmax(dim=-1)
+    if isinstance(target, bool):
+        raise TypeError("target: expected an int, a LongTensor of shape [N] or None, got bool")
+    if isinstance(target, int):
+        target = torch.full((n,), target, dtype=torch.long, device=logits.device)
+    elif isinstance(target, torch.Tensor):
+        if target.is_floating_point() or target.dtype == torch.bool:
+            raise TypeError(f"target: expected an integer tensor, got {target.dtype}")
+        target = target.to(device=logits.device, dtype=torch.long).reshape(-1)
+        if target.numel() == 1:
+            target = target.expand(n)
+        elif target.numel() != n:
+            raise ValueError(f"target: expected {n} class indices (one per image), got {target.numel()}")
+    else:
+        raise TypeError(f"target: expected an int, a LongTensor of shape [N] or None, got {type(target).__name__}")
+    if (target < 0).any() or (target >= num_classes).any():
+        bad = target[(target < 0) | (target >= num_classes)][0].item()
+        raise ValueError(f"target: class index {bad} is out of range for a model with {num_classes} classes")
+    return target
+
+
+def batches(n: int, batch_size: int | None) -> Iterator[slice]:
+    """Slices covering range(n) in chunks of `batch_size` (all at once when None)."""
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size: expected a positive int or None, got {batch_size!r}")
+    step = n if batch_size is None else batch_size
+    for start in range(0, n, max(step, 1)):
+        yield slice(start, min(start + step, n))
