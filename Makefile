@@ -7,7 +7,6 @@ DEPS_HASH := $(shell cat pyproject.toml environment.yml | sha256sum | cut -c1-16
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
 NOTEBOOKS := $(shell find book -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' | sort)
 CELL_TIMEOUT := 600
-export MPLBACKEND := Agg
 
 .PHONY: venv test unit notebooks strip-check build-book book lab bench clean
 
@@ -26,7 +25,7 @@ strip-check: $(STAMP)
 	$(BIN)/nbstripout --verify $(NOTEBOOKS)
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest tests
+	MPLBACKEND=Agg $(BIN)/python -m pytest tests
 
 notebooks: $(STAMP)
 	$(BIN)/python -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=$(CELL_TIMEOUT) $(NOTEBOOKS)

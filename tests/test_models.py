@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from vizlib import models
+from vizlib import data, models
 from vizlib.mechanics import resolve_layer
 
 
@@ -42,6 +42,12 @@ def test_chelsea_is_tiger_cat_then_egyptian_cat_then_tabby(lite0, chelsea):
 def test_coffee_is_espresso_with_probability_095(lite0, coffee):
     (name, probability), = top(lite0, coffee, 1)
     assert name == "espresso" and probability == pytest.approx(0.95, abs=0.01)
+
+
+def test_cat_and_coffee_shows_a_cat_first_and_a_coffee_class_in_the_top_5(lite0):
+    names = [name for name, _ in top(lite0, data.preprocess(data.load_image("cat_and_coffee")), 5)]
+    assert names[0] in {"tiger cat", "Egyptian cat", "tabby"}
+    assert {"cup", "espresso", "coffee mug"} & set(names)
 
 
 def test_layer_names_a_reader_can_pick(lite0, chelsea):
