@@ -38,11 +38,13 @@ def test_feature_map_figure_has_a_row_per_layer(chelsea):
 
 def test_explorer_redraws_on_every_control_and_leaves_no_hooks(lite0, two_images):
     explorer = widgets.feature_map_explorer(lite0, two_images, ["stem", "blocks.4", "head"], strongest=3)
-    image_picker, layer_picker, channel_slider = explorer.children[0].children
-    assert channel_slider.max == 31
+    (image_picker, layer_picker, channel_slider), output = explorer.children[0].children, explorer.children[1]
+    assert channel_slider.max == 31 and len(output.outputs) == 1
     layer_picker.value = "head"
     assert channel_slider.max == 1279
     channel_slider.value = 1000
     image_picker.value = "coffee"
+    assert len(output.outputs) == 1   # each redraw replaces the figure
+    assert not plt.get_fignums()      # and closes it
     assert not any(m._forward_hooks for m in lite0.modules())
     plt.close("all")

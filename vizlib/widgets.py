@@ -75,14 +75,16 @@ def feature_map_explorer(model: nn.Module, images: dict[str, torch.Tensor], laye
         photo = deprocess(images[image_picker.value])
         channel_map = channel_picture(activation, channel_slider.value)
         top = strongest_channels(activation, strongest)
-        with output:
-            output.clear_output(wait=True)
-            figure, axes = plt.subplots(1, 2 + len(top), figsize=(2 * (2 + len(top)), 2.3))
-            viz.show(axes[0], photo, title=image_picker.value)
-            viz.show(axes[1], channel_map, title=f"{layer_picker.value}[{channel_slider.value}]")
-            for ax, channel in zip(axes[2:], top):
-                viz.show(ax, channel_picture(activation, channel), title=f"top: {channel}")
-            plt.show()
+        figure, axes = plt.subplots(1, 2 + len(top), figsize=(2 * (2 + len(top)), 2.3))
+        viz.show(axes[0], photo, title=image_picker.value)
+        viz.show(axes[1], channel_map, title=f"{layer_picker.value}[{channel_slider.value}]")
+        for ax, channel in zip(axes[2:], top):
+            viz.show(ax, channel_picture(activation, channel), title=f"top: {channel}")
+        # Set the outputs directly instead of `with output:` capturing: capture races with headless
+        # executors (nbclient, used by the book build) and can hang them.
+        output.outputs = ()
+        output.append_display_data(figure)
+        plt.close(figure)
 
     for picker in (image_picker, layer_picker):
         picker.observe(update_channel_range, names="value")
