@@ -193,16 +193,21 @@ class AllConvNet(nn.Module):
 
 class GAPNet(nn.Module):
     """Convolutions, then global average pooling and one linear layer: the architecture for which
-    the class activation map is defined (Zhou et al., 2016). Layers: features, pool, fc."""
+    the class activation map is defined (Zhou et al., 2016). Layers: features, pool, fc.
 
-    def __init__(self, in_channels=3, num_classes=4, widths=(16, 32, 64)):
+    Stages of (3×3 conv → BN → ReLU) × `convs_per_stage` with 2×2 max-pooling between them; the
+    default leaves an 8×8 map at 64×64 input and reaches ~100 % on `data.shapes` in ~30 s.
+    """
+
+    def __init__(self, in_channels=3, num_classes=4, widths=(16, 32, 64, 64), convs_per_stage=2):
         super().__init__()
         layers, channels = [], in_channels
         for i, width in enumerate(widths):
-            layers += [nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            for _ in range(convs_per_stage):
+                layers += [nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+                channels = width
             if i < len(widths) - 1:
                 layers.append(nn.MaxPool2d(2))
-            channels = width
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
