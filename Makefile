@@ -31,10 +31,10 @@ notebooks: $(STAMP)
 	$(BIN)/python -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=$(CELL_TIMEOUT) $(NOTEBOOKS)
 
 build-book: $(STAMP)
-	$(BIN)/jupyter-book build -W -n --keep-going .
+	$(BIN)/jupyter-book build --all -W -n --keep-going .
 
 book: $(STAMP)
-	$(BIN)/jupyter-book build .
+	$(BIN)/jupyter-book build --all .
 	@echo "The book is at $(CURDIR)/_build/html/index.html"
 
 lab: $(STAMP)

@@ -197,3 +197,17 @@ def test_activations_returns_each_layer_output_of_one_forward_pass(tiny_vgg):
     tiny_vgg.eval()
     torch.testing.assert_close(maps["features.2"], tiny_vgg.features[:3](x))
     torch.testing.assert_close(maps["features.6"], tiny_vgg.features[:7](x))
+
+
+def test_capture_is_not_overwritten_by_a_following_inplace_relu():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(32, 3))
+    x = torch.randn(1, 1, 6, 6)
+    with capture(model, "0") as store:
+        model(x)[0, 1].backward()
+    pre_activation = model[0](x).detach()
+    assert pre_activation.min() < 0
+    torch.testing.assert_close(store.activation.detach(), pre_activation)
+    head = lambda z: model[3](model[2](torch.relu(z)))[0, 1]
+    (expected,) = torch.autograd.grad(head(pre_activation.requires_grad_()), pre_activation)
+    torch.testing.assert_close(store.gradient, expected)

@@ -48,3 +48,12 @@ def test_explorer_redraws_on_every_control_and_leaves_no_hooks(lite0, two_images
     assert not plt.get_fignums()      # and closes it
     assert not any(m._forward_hooks for m in lite0.modules())
     plt.close("all")
+
+
+def test_every_channel_of_a_signed_layer_is_drawn_with_the_diverging_colormap(chelsea):
+    activation = torch.rand(1, 2, 7, 7)
+    activation[0, 1] -= 2.0          # the layer has negative values; channel 0 alone does not
+    figure = widgets.feature_map_figure(chelsea, {"blocks.15": activation}, channels=2)
+    colormaps = [ax.images[0].get_cmap().name for ax in figure.axes[1:]]
+    assert colormaps == ["bwr", "bwr"]
+    plt.close(figure)

@@ -70,7 +70,8 @@ def capture(model: nn.Module, layer: str | nn.Module, *, gradients: bool = True)
     """Record the output of `layer` (and, after backward, the gradient w.r.t. it).
 
     The hooks are removed on exit, also when the body raises. If the layer runs several
-    times in one forward pass, the last call is kept.
+    times in one forward pass, the last call is kept. The captured tensor is the layer's own
+    output, safe from in-place operations that follow it.
     """
     store = Capture(resolve_layer(model, layer))
 
@@ -83,6 +84,9 @@ def capture(model: nn.Module, layer: str | nn.Module, *, gradients: bool = True)
         store.activation = output
         if gradients and output.requires_grad:
             store.handles.append(output.register_hook(keep_gradient))
+        # The network continues on a copy: an in-place op downstream (ReLU(inplace=True)) would
+        # otherwise overwrite the captured activation.
+        return output.clone()
 
     store.handles.append(store.module.register_forward_hook(keep_output))
     try:

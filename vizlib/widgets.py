@@ -6,7 +6,6 @@ image), and redraws on every change, so it stays interactive on a 2-core CPU.
 from __future__ import annotations
 
 import ipywidgets as widgets
-import numpy as np
 import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
@@ -16,7 +15,7 @@ from . import viz
 from .data import deprocess
 from .mechanics import activations
 
-__all__ = ["channel_picture", "feature_map_figure", "strongest_channels", "feature_map_explorer"]
+__all__ = ["layer_sign", "channel_picture", "feature_map_figure", "strongest_channels", "feature_map_explorer"]
 
 
 def strongest_channels(activation: torch.Tensor, k: int) -> list[int]:
@@ -24,27 +23,33 @@ def strongest_channels(activation: torch.Tensor, k: int) -> list[int]:
     return activation[0].abs().mean(dim=(1, 2)).topk(min(k, activation.shape[1])).indices.tolist()
 
 
+def layer_sign(activation: torch.Tensor) -> str:
+    """How to display a layer's maps: "signed" (diverging colours, zero at white) when the layer
+    has negative values, as block outputs after a linear projection do; else "positive"."""
+    return "signed" if activation.min() < 0 else "positive"
+
+
 def channel_picture(activation: torch.Tensor, channel: int):
-    """One feature map scaled for display: signed (diverging colours) when the layer has negative
-    values, as block outputs after a linear projection do; else its positive part."""
-    sign = "signed" if activation.min() < 0 else "positive"
-    return viz.normalize(activation[0, channel], sign=sign, percentile=100)
+    """One feature map scaled for display with `layer_sign`, on its own scale."""
+    return viz.normalize(activation[0, channel], sign=layer_sign(activation), percentile=100)
+
+
+def show_channel(ax, activation: torch.Tensor, channel: int, title: str) -> None:
+    viz.show(ax, channel_picture(activation, channel), sign=layer_sign(activation), title=title)
+    ax.title.set_fontsize(8)
 
 
 def feature_map_figure(image: torch.Tensor, maps: dict[str, torch.Tensor], channels: int = 6,
                        *, size: float = 1.6) -> Figure:
     """One row per layer: the input, then that layer's `channels` strongest feature maps, each on
     its own scale (see `channel_picture`)."""
-    rows, titles, chosen = [], [], []
-    for name, activation in maps.items():
-        top = strongest_channels(activation, channels)
-        rows.append([deprocess(image)] + [channel_picture(activation, c) for c in top])
-        titles.append(f"{name}\n{tuple(activation.shape[1:])}")
-        chosen.append(top)
-    figure = viz.grid(rows, row_titles=titles, size=size)
-    for axes_row, top in zip(np.reshape(figure.axes, (len(rows), -1)), chosen):
-        for ax, channel in zip(axes_row[1:], top):
-            ax.set_title(f"channel {channel}", fontsize=8)
+    figure, axes = plt.subplots(len(maps), channels + 1, figsize=(size * (channels + 1), size * len(maps)),
+                                squeeze=False, layout="constrained")
+    for axes_row, (name, activation) in zip(axes, maps.items()):
+        viz.show(axes_row[0], deprocess(image))
+        axes_row[0].set_ylabel(f"{name}\n{tuple(activation.shape[1:])}")
+        for ax, channel in zip(axes_row[1:], strongest_channels(activation, channels)):
+            show_channel(ax, activation, channel, f"channel {channel}")
     return figure
 
 
@@ -73,13 +78,12 @@ def feature_map_explorer(model: nn.Module, images: dict[str, torch.Tensor], laye
     def redraw(*_):
         activation = maps_for(image_picker.value)[layer_picker.value]
         photo = deprocess(images[image_picker.value])
-        channel_map = channel_picture(activation, channel_slider.value)
         top = strongest_channels(activation, strongest)
         figure, axes = plt.subplots(1, 2 + len(top), figsize=(2 * (2 + len(top)), 2.3))
         viz.show(axes[0], photo, title=image_picker.value)
-        viz.show(axes[1], channel_map, title=f"{layer_picker.value}[{channel_slider.value}]")
+        show_channel(axes[1], activation, channel_slider.value, f"{layer_picker.value}[{channel_slider.value}]")
         for ax, channel in zip(axes[2:], top):
-            viz.show(ax, channel_picture(activation, channel), title=f"top: {channel}")
+            show_channel(ax, activation, channel, f"top: {channel}")
         # Set the outputs directly instead of `with output:` capturing: capture races with headless
         # executors (nbclient, used by the book build) and can hang them.
         output.outputs = ()
