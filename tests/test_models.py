@@ -3,6 +3,8 @@ import urllib.error
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from vizlib import data, models
@@ -67,17 +69,21 @@ def test_layer_names_a_reader_can_pick(lite0, chelsea):
     assert sizes["fc"] == (1, 1000)
 
 
-@pytest.mark.parametrize("size", [7, 8, 223, 224, 225])
-@pytest.mark.parametrize("kernel_size", [3, 5])
-def test_same_padding_matches_tensorflow(size, kernel_size):
-    # TF "SAME": output = ceil(size / stride); total padding split with the extra pixel bottom/right.
-    x = torch.randn(1, 1, size, size)
-    padded = models.SamePad2d(kernel_size, 2)(x)
-    total = max((-(-size // 2) - 1) * 2 + kernel_size - size, 0)
-    assert padded.shape[-1] == size + total
-    torch.testing.assert_close(padded[..., total // 2: total // 2 + size, total // 2: total // 2 + size], x)
-    out = nn.functional.conv2d(padded, torch.ones(1, 1, kernel_size, kernel_size), stride=2)
-    assert out.shape[-1] == -(-size // 2)
+@given(size=st.integers(1, 260), kernel_size=st.sampled_from([1, 3, 5, 7]), stride=st.integers(1, 3))
+@settings(max_examples=200, deadline=None)
+def test_same_padding_matches_tensorflow(size, kernel_size, stride):
+    # TF "SAME": output = ceil(size / stride); the padding total is split with the extra pixel
+    # at the bottom/right.
+    height, width = size, size + 1
+    x = torch.randn(1, 1, height, width)
+    padded = models.SamePad2d(kernel_size, stride)(x)
+    for axis, length in ((-2, height), (-1, width)):
+        expected_total = max((-(-length // stride) - 1) * stride + kernel_size - length, 0)
+        assert padded.shape[axis] - length == expected_total
+    top, left = (padded.shape[-2] - height) // 2, (padded.shape[-1] - width) // 2
+    torch.testing.assert_close(padded[..., top: top + height, left: left + width], x)
+    out = nn.functional.conv2d(padded, torch.ones(1, 1, kernel_size, kernel_size), stride=stride)
+    assert out.shape[-2:] == (-(-height // stride), -(-width // stride))
 
 
 def test_imagenet_classes_are_the_1000_names():

@@ -3,11 +3,12 @@
 The companion library of the book "Seeing inside CNNs". Import a family module and call a
 method: ``from vizlib import models, data, viz``.
 """
-from .mechanics import capture, check_input, check_target, device, preserved, resolve_layer, swapped
+from .mechanics import activations, capture, check_input, check_target, device, preserved, resolve_layer, swapped
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "activations",
     "capture",
     "check_input",
     "check_target",
