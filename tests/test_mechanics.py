@@ -4,12 +4,8 @@ import torch
 import torchvision
 from torch import nn
 
-from vizlib.mechanics import activations, batches, capture, check_input, check_target, device, preserved, resolve_layer, swapped
-
-
-def all_hooks(model: nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-               + len(getattr(m, "_backward_pre_hooks", {})) for m in model.modules())
+from vizlib.mechanics import (activations, batches, capture, check_input, check_target, device, hook_count, preserved,
+                              resolve_layer, swapped)
 
 
 def resnet18():
@@ -59,10 +55,10 @@ def test_capture_records_activation_and_its_gradient(tiny_vgg):
 
 
 def test_capture_removes_every_hook_on_exit(lite0, chelsea):
-    before = all_hooks(lite0)
+    before = hook_count(lite0)
     with capture(lite0, "blocks.15") as store:
         lite0(chelsea.clone().requires_grad_())[0, 285].backward()
-    assert store.gradient is not None and all_hooks(lite0) == before == 0
+    assert store.gradient is not None and hook_count(lite0) == before == 0
 
 
 def test_capture_removes_every_hook_when_the_body_raises(tiny_vgg):
@@ -70,14 +66,14 @@ def test_capture_removes_every_hook_when_the_body_raises(tiny_vgg):
         with capture(tiny_vgg, "features.2"):
             tiny_vgg(torch.randn(1, 3, 32, 32))
             raise RuntimeError("boom")
-    assert all_hooks(tiny_vgg) == 0
+    assert hook_count(tiny_vgg) == 0
 
 
 def test_capture_in_a_loop_leaks_no_hooks(tiny_vgg):
     for _ in range(20):
         with capture(tiny_vgg, "features.2"):
             tiny_vgg(torch.randn(1, 3, 32, 32))
-    assert all_hooks(tiny_vgg) == 0
+    assert hook_count(tiny_vgg) == 0
 
 
 # --- swapped --------------------------------------------------------------------------------------
@@ -193,7 +189,7 @@ def test_activations_returns_each_layer_output_of_one_forward_pass(tiny_vgg):
     x = torch.randn(2, 3, 32, 32)
     tiny_vgg.train()
     maps = activations(tiny_vgg, x, ["features.2", "features.6"])
-    assert tiny_vgg.training and all_hooks(tiny_vgg) == 0
+    assert tiny_vgg.training and hook_count(tiny_vgg) == 0
     tiny_vgg.eval()
     torch.testing.assert_close(maps["features.2"], tiny_vgg.features[:3](x))
     torch.testing.assert_close(maps["features.6"], tiny_vgg.features[:7](x))

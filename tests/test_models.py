@@ -163,3 +163,14 @@ def test_gap_net_learns_real_handwritten_digits_in_a_few_epochs(tmp_path, monkey
     train_set, test_set = data.digits(28).split(test_fraction=0.2, seed=0)
     model = models.train(models.GAPNet(1, 10, widths=(16, 32, 64), convs_per_stage=1), train_set, epochs=6, progress=False)
     assert models.accuracy(model, test_set) > 0.95
+
+
+def test_a_net_trained_with_the_watermark_shortcut_cheats(tmp_path, monkeypatch):
+    # The Clever-Hans set-up of the evaluation and applications chapters: a model trained on
+    # watermarked shapes is near-perfect with the watermark and much worse without it.
+    monkeypatch.setenv("VIZLIB_CACHE", str(tmp_path))
+    net = models.GAPNet(widths=(16, 32, 64, 128), convs_per_stage=1)
+    cheater = models.train(net, data.shapes(1000, size=64, seed=0, shortcut=True), epochs=4, progress=False)
+    with_mark = models.accuracy(cheater, data.shapes(400, size=64, seed=1, shortcut=True))
+    without_mark = models.accuracy(cheater, data.shapes(400, size=64, seed=1))
+    assert with_mark > 0.95 and without_mark < with_mark - 0.25

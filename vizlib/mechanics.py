@@ -24,6 +24,7 @@ __all__ = [
     "check_target",
     "batches",
     "device",
+    "hook_count",
 ]
 
 
@@ -95,6 +96,12 @@ def capture(model: nn.Module, layer: str | nn.Module, *, gradients: bool = True)
         for handle in store.handles:
             handle.remove()
         store.handles.clear()
+
+
+def hook_count(model: nn.Module) -> int:
+    """How many module hooks (forward, forward-pre, backward, backward-pre) `model` carries."""
+    return sum(len(module._forward_hooks) + len(module._forward_pre_hooks) + len(module._backward_hooks)
+               + len(module._backward_pre_hooks) for module in model.modules())
 
 
 @torch.no_grad()
