@@ -1,7 +1,9 @@
 """Benchmarks: vizlib's methods against their reference implementations, on the same model,
 inputs and machine, in one process. Run with `make bench` (never part of the tests).
 
-Each row prints the median wall time of ours and of the reference, and their ratio. The first
+Each row prints the median (and best) wall time per image of ours and of the reference, and the
+ratio of the medians. Timings on a shared 2-core machine vary by up to 2× between runs; compare
+rows of one run only. The first
 rows are the limits every attribution method lives under: the raw batched forward and
 forward+backward throughput of EfficientNet-Lite0 at 224×224.
 """
@@ -17,7 +19,7 @@ import torch
 from vizlib import data, device, models
 
 
-def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+def timings(fn: Callable[[], object], repeats: int, warmup: int = 2) -> list[float]:
     for _ in range(warmup):
         fn()
     if torch.cuda.is_available():
@@ -29,7 +31,7 @@ def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 2) -> f
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
 
 
 def limit_rows(model, image, batch_sizes, repeats):
@@ -46,23 +48,28 @@ def limit_rows(model, image, batch_sizes, repeats):
             inputs = x.clone().requires_grad_()
             model(inputs)[:, 285].sum().backward()
 
-        rows.append((f"forward, batch {batch_size}", median_seconds(forward, repeats) / batch_size, None))
-        rows.append((f"forward+backward, batch {batch_size}", median_seconds(forward_backward, repeats) / batch_size, None))
+        rows.append((f"forward, batch {batch_size}", [t / batch_size for t in timings(forward, repeats)], None))
+        rows.append((f"forward+backward, batch {batch_size}",
+                     [t / batch_size for t in timings(forward_backward, repeats)], None))
     return rows
 
 
 def print_table(title, rows):
+    """rows: (case, our times per image, reference times per image or None)."""
+    def cell(times):
+        return f"{statistics.median(times) * 1e3:8.1f} ({min(times) * 1e3:5.1f})" if times else f"{'-':>16}"
+
     print(f"\n{title}")
-    print(f"{'case':<40}{'ours ms/img':>14}{'reference ms/img':>18}{'speed-up':>10}")
+    print(f"{'case':<34}{'ours ms/img':>18}{'reference ms/img':>20}{'speed-up':>10}")
+    print(f"{'':<34}{'median (best)':>18}{'median (best)':>20}")
     for name, ours, reference in rows:
-        ratio = f"{reference / ours:9.2f}x" if reference else ""
-        reference_text = f"{reference * 1e3:18.1f}" if reference else f"{'-':>18}"
-        print(f"{name:<40}{ours * 1e3:14.1f}{reference_text}{ratio:>10}")
+        ratio = f"{statistics.median(reference) / statistics.median(ours):9.2f}x" if reference else ""
+        print(f"{name:<34}{cell(ours):>18}{cell(reference):>20}{ratio:>10}")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
     args = parser.parse_args()
 
