@@ -54,6 +54,17 @@ def limit_rows(model, image, batch_sizes, repeats):
     return rows
 
 
+def training_rows(n_train=2000, n_test=500):
+    """Wall time of `models.train` (6 epochs, no cache) on shapes, and held-out accuracy."""
+    train_set, test_set = data.shapes(n_train, seed=0), data.shapes(n_test, seed=1)
+    rows = []
+    for model in (models.GAPNet(), models.VGGNet(), models.AllConvNet()):
+        start = time.perf_counter()
+        models.train(model, train_set, cache=False, progress=False)
+        rows.append((type(model).__name__, time.perf_counter() - start, models.accuracy(model, test_set)))
+    return rows
+
+
 def print_table(title, rows):
     """rows: (case, our times per image, reference times per image or None)."""
     def cell(times):
@@ -71,6 +82,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
+    parser.add_argument("--no-training", action="store_true", help="skip the small-net training rows")
     args = parser.parse_args()
 
     where = device()
@@ -81,6 +93,10 @@ def main():
     image = data.preprocess(data.load_image("chelsea")).to(where)
     print_table("Limits: EfficientNet-Lite0, 224×224 (per image; lower is better)",
                 limit_rows(model, image, args.batch_sizes, args.repeats))
+    if not args.no_training:
+        print("\nSmall nets: models.train on shapes(2000, 64×64), 6 epochs; accuracy on shapes(500, seed=1)")
+        for name, seconds, accuracy in training_rows():
+            print(f"{name:<34}{seconds:8.1f} s{accuracy:12.1%}")
 
 
 if __name__ == "__main__":

@@ -158,7 +158,6 @@ def test_load_torchvision_rejects_unknown_names():
 
 
 def test_gap_net_learns_real_handwritten_digits_in_a_few_epochs(tmp_path, monkeypatch):
-    # BatchNorm + GAP + OneCycle: ~0.7 s per epoch on 2 cores at 28×28.
     monkeypatch.setenv("VIZLIB_CACHE", str(tmp_path))
     train_set, test_set = data.digits(28).split(test_fraction=0.2, seed=0)
     model = models.train(models.GAPNet(1, 10, widths=(16, 32, 64), convs_per_stage=1), train_set, epochs=6, progress=False)

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .mechanics import preserved
+
 __all__ = [
     "EfficientNetLite0",
     "load_efficientnet_lite0",
@@ -134,7 +136,7 @@ def efficientnet_lite0_checkpoint() -> Path:
 
 
 def load_efficientnet_lite0(device: str | torch.device | None = None) -> EfficientNetLite0:
-    """EfficientNet-Lite0 with its ImageNet weights (top-1 75.1 %), in eval mode.
+    """EfficientNet-Lite0 with its ImageNet weights (reported top-1: 75.1 %), in eval mode.
 
     Inputs are 224×224 RGB normalised as ``(pixel - 127) / 128``: see `vizlib.data.preprocess`.
     """
@@ -151,6 +153,12 @@ def imagenet_classes() -> list[str]:
     return list(EfficientNet_B0_Weights.IMAGENET1K_V1.meta["categories"])
 
 
+def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> list[nn.Module]:
+    """3×3 conv → BatchNorm → ReLU, the unit of the small nets (BatchNorm makes them train in seconds)."""
+    return [nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1), nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True)]
+
+
 class VGGNet(nn.Module):
     """A small VGG-style net: stages of (3×3 conv → BN → ReLU) × 2 → 2×2 max-pool, then a
     fully-connected classifier (Simonyan & Zisserman, 2015). ReLU and max-pooling make it the test
@@ -161,7 +169,7 @@ class VGGNet(nn.Module):
         layers, channels = [], in_channels
         for width in widths:
             for _ in range(2):
-                layers += [nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+                layers += conv_bn_relu(channels, width)
                 channels = width
             layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
@@ -182,8 +190,7 @@ class AllConvNet(nn.Module):
         super().__init__()
         layers, channels = [], in_channels
         for width in widths:
-            layers += [nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-                       nn.Conv2d(width, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            layers += conv_bn_relu(channels, width) + conv_bn_relu(width, width, stride=2)
             channels = width
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(nn.Conv2d(channels, num_classes, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
@@ -197,7 +204,7 @@ class GAPNet(nn.Module):
     the class activation map is defined (Zhou et al., 2016). Layers: features, pool, fc.
 
     Stages of (3×3 conv → BN → ReLU) × `convs_per_stage` with 2×2 max-pooling between them; the
-    default leaves an 8×8 map at 64×64 input and reaches ~100 % on `data.shapes` in ~30 s.
+    default leaves an 8×8 map at 64×64 input. Training time and accuracy: `make bench`.
     """
 
     def __init__(self, in_channels=3, num_classes=4, widths=(16, 32, 64, 64), convs_per_stage=2):
@@ -205,7 +212,7 @@ class GAPNet(nn.Module):
         layers, channels = [], in_channels
         for i, width in enumerate(widths):
             for _ in range(convs_per_stage):
-                layers += [nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+                layers += conv_bn_relu(channels, width)
                 channels = width
             if i < len(widths) - 1:
                 layers.append(nn.MaxPool2d(2))
@@ -305,8 +312,6 @@ def train(model: nn.Module, dataset, *, epochs: int = 6, batch_size: int = 64, m
 @torch.no_grad()
 def accuracy(model: nn.Module, dataset, batch_size: int = 256) -> float:
     """Fraction of `dataset` that `model` (in eval mode) classifies correctly."""
-    from .mechanics import preserved
-
     images, labels = _images_and_labels(dataset)
     device = next(model.parameters()).device
     with preserved(model):
