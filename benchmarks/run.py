@@ -10,28 +10,20 @@ forward+backward throughput of EfficientNet-Lite0 at 224×224.
 from __future__ import annotations
 
 import argparse
-import statistics
+import importlib
 import time
-from typing import Callable
 
 import torch
 
+from timing import print_table, timings
 from vizlib import data, device, models
 
-
-def timings(fn: Callable[[], object], repeats: int, warmup: int = 2) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return times
+# One module per chapter, each with rows(model, image, repeats) -> [(case, ours, reference)].
+FAMILIES = {
+    "perturbation": "Perturbation vs Captum Occlusion / FeatureAblation",
+    "backprop": "Gradients vs Captum",
+    "cam": "Class activation maps vs Captum",
+}
 
 
 def limit_rows(model, image, batch_sizes, repeats):
@@ -65,24 +57,12 @@ def training_rows(n_train=2000, n_test=500):
     return rows
 
 
-def print_table(title, rows):
-    """rows: (case, our times per image, reference times per image or None)."""
-    def cell(times):
-        return f"{statistics.median(times) * 1e3:8.1f} ({min(times) * 1e3:5.1f})" if times else f"{'-':>16}"
-
-    print(f"\n{title}")
-    print(f"{'case':<34}{'ours ms/img':>18}{'reference ms/img':>20}{'speed-up':>10}")
-    print(f"{'':<34}{'median (best)':>18}{'median (best)':>20}")
-    for name, ours, reference in rows:
-        ratio = f"{statistics.median(reference) / statistics.median(ours):9.2f}x" if reference else ""
-        print(f"{name:<34}{cell(ours):>18}{cell(reference):>20}{ratio:>10}")
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
     parser.add_argument("--no-training", action="store_true", help="skip the small-net training rows")
+    parser.add_argument("--only", nargs="+", choices=["limits", *FAMILIES], help="run only these tables")
     args = parser.parse_args()
 
     where = device()
@@ -91,9 +71,15 @@ def main():
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     image = data.preprocess(data.load_image("chelsea")).to(where)
-    print_table("Limits: EfficientNet-Lite0, 224×224 (per image; lower is better)",
-                limit_rows(model, image, args.batch_sizes, args.repeats))
-    if not args.no_training:
+    wanted = set(args.only or ["limits", *FAMILIES])
+    if "limits" in wanted:
+        print_table("Limits: EfficientNet-Lite0, 224×224 (per image; lower is better)",
+                    limit_rows(model, image, args.batch_sizes, args.repeats))
+    for family, title in FAMILIES.items():
+        if family in wanted:
+            rows = importlib.import_module(f"bench_{family}").rows(model, image, args.repeats)
+            print_table(f"{title}: EfficientNet-Lite0, 224×224", rows)
+    if not args.no_training and args.only is None:
         print("\nSmall nets: models.train on shapes(2000, 64×64), 6 epochs; accuracy on shapes(500, seed=1)")
         for name, seconds, accuracy in training_rows():
             print(f"{name:<34}{seconds:8.1f} s{accuracy:12.1%}")

@@ -5,7 +5,7 @@ import torchvision
 from torch import nn
 
 from vizlib.mechanics import (activations, batches, capture, check_input, check_target, device, hook_count, preserved,
-                              resolve_layer, swapped)
+                              resolve_layer, scores_in_batches, swapped)
 
 
 def resnet18():
@@ -207,3 +207,33 @@ def test_capture_is_not_overwritten_by_a_following_inplace_relu():
     head = lambda z: model[3](model[2](torch.relu(z)))[0, 1]
     (expected,) = torch.autograd.grad(head(pre_activation.requires_grad_()), pre_activation)
     torch.testing.assert_close(store.gradient, expected)
+
+
+def test_scores_in_batches_builds_each_chunk_once_and_matches_one_forward():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5))
+    inputs = torch.randn(7, 3, 2, 2)
+    target = torch.tensor([0, 1, 2, 3, 4, 0, 1])
+    chunks = []
+
+    def make_batch(chunk):
+        chunks.append(chunk)
+        return inputs[chunk]
+
+    scores = scores_in_batches(model, 7, make_batch, target, batch_size=3)
+    assert [(c.start, c.stop) for c in chunks] == [(0, 3), (3, 6), (6, 7)]
+    torch.testing.assert_close(scores, model(inputs).detach()[torch.arange(7), target])
+    probabilities = scores_in_batches(model, 7, make_batch, target, batch_size=None, softmax=True)
+    torch.testing.assert_close(probabilities, model(inputs).detach().softmax(-1)[torch.arange(7), target])
+
+
+def test_scores_in_batches_accepts_a_black_box_callable():
+    weights = torch.randn(12, 2)
+
+    def black_box(images):
+        return images.flatten(1) @ weights
+
+    inputs = torch.randn(4, 3, 2, 2)
+    scores = scores_in_batches(black_box, 4, lambda chunk: inputs[chunk], torch.ones(4, dtype=torch.long),
+                                         batch_size=2)
+    torch.testing.assert_close(scores, (inputs.flatten(1) @ weights)[:, 1])

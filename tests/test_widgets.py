@@ -57,3 +57,21 @@ def test_every_channel_of_a_signed_layer_is_drawn_with_the_diverging_colormap(ch
     colormaps = [ax.images[0].get_cmap().name for ax in figure.axes[1:]]
     assert colormaps == ["bwr", "bwr"]
     plt.close(figure)
+
+
+def test_live_figure_draws_at_once_and_on_every_change():
+    import ipywidgets
+
+    calls = []
+
+    def draw(size, title):
+        calls.append((size, title))
+        figure, ax = plt.subplots()
+        ax.set_title(title)
+        return figure
+
+    size, title = ipywidgets.IntSlider(value=1, min=1, max=3), ipywidgets.Text(value="a")
+    box = widgets.live_figure({"size": size, "title": title}, draw)
+    size.value, title.value = 2, "b"
+    assert calls == [(1, "a"), (2, "a"), (2, "b")]
+    assert len(box.children[1].outputs) == 1 and not plt.get_fignums()

@@ -3,7 +3,8 @@
 The companion library of the book "Seeing inside CNNs". Import a family module and call a
 method: ``from vizlib import models, data, viz``.
 """
-from .mechanics import activations, capture, check_input, check_target, device, preserved, resolve_layer, swapped
+from .mechanics import (activations, capture, check_input, check_target, device, preserved, resolve_layer,
+                        scores_in_batches, swapped)
 
 __version__ = "0.1.0"
 
@@ -15,5 +16,6 @@ __all__ = [
     "device",
     "preserved",
     "resolve_layer",
+    "scores_in_batches",
     "swapped",
 ]

@@ -23,6 +23,7 @@ __all__ = [
     "check_input",
     "check_target",
     "batches",
+    "scores_in_batches",
     "device",
     "hook_count",
 ]
@@ -236,3 +237,37 @@ def batches(n: int, batch_size: int | None) -> Iterator[slice]:
     step = n if batch_size is None else batch_size
     for start in range(0, n, max(step, 1)):
         yield slice(start, min(start + step, n))
+
+
+@torch.no_grad()
+def scores_in_batches(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    n: int,
+    make_batch: Callable[[slice], torch.Tensor],
+    target: torch.Tensor,
+    *,
+    batch_size: int | None,
+    softmax: bool = False,
+    progress: bool = False,
+    description: str | None = None,
+) -> torch.Tensor:
+    """The target scores of `n` generated inputs, forwarded in chunks of `batch_size`.
+
+    ``make_batch(slice)`` builds the inputs of one chunk only when it is needed, so memory stays
+    bounded by `batch_size` however many perturbed copies a method needs. ``target`` holds one
+    class index per input (a LongTensor [n]). `model` may be any callable mapping images to scores
+    [M, K]: an nn.Module is run in eval mode and restored afterwards; a black box is just called.
+    With `softmax`, scores are class probabilities instead of raw outputs.
+    """
+    from tqdm.auto import tqdm
+
+    guard = preserved(model) if isinstance(model, nn.Module) else contextlib.nullcontext()
+    scores = []
+    with guard, tqdm(total=n, disable=not progress, desc=description, leave=False) as bar:
+        for chunk in batches(n, batch_size):
+            outputs = model(make_batch(chunk))
+            if softmax:
+                outputs = outputs.softmax(dim=-1)
+            scores.append(outputs.gather(-1, target[chunk].to(outputs.device).reshape(-1, 1)).squeeze(-1))
+            bar.update(chunk.stop - chunk.start)
+    return torch.cat(scores) if scores else torch.empty(0)

@@ -15,7 +15,30 @@ from . import viz
 from .data import deprocess
 from .mechanics import activations
 
-__all__ = ["layer_sign", "channel_picture", "feature_map_figure", "strongest_channels", "feature_map_explorer"]
+__all__ = ["layer_sign", "channel_picture", "feature_map_figure", "strongest_channels", "feature_map_explorer",
+           "live_figure"]
+
+
+def live_figure(controls: dict[str, widgets.ValueWidget], draw) -> widgets.Widget:
+    """Controls above a figure that ``draw(**values)`` recomputes whenever a control changes.
+
+    `draw` receives each control's value under its key and returns a matplotlib Figure. The
+    figure is drawn once immediately, so the widget shows a result before any interaction.
+    """
+    output = widgets.Output()
+
+    def redraw(*_):
+        figure = draw(**{name: control.value for name, control in controls.items()})
+        # Set the outputs directly instead of `with output:` capturing: capture races with headless
+        # executors (nbclient, used by the book build) and can hang them.
+        output.outputs = ()
+        output.append_display_data(figure)
+        plt.close(figure)
+
+    for control in controls.values():
+        control.observe(redraw, names="value")
+    redraw()
+    return widgets.VBox([widgets.HBox(list(controls.values())), output])
 
 
 def strongest_channels(activation: torch.Tensor, k: int) -> list[int]:
@@ -70,30 +93,22 @@ def feature_map_explorer(model: nn.Module, images: dict[str, torch.Tensor], laye
     image_picker = widgets.Dropdown(options=list(images), description="image")
     layer_picker = widgets.Dropdown(options=list(layers), description="layer")
     channel_slider = widgets.IntSlider(min=0, max=1, description="channel", continuous_update=False)
-    output = widgets.Output()
 
     def update_channel_range(*_):
         channel_slider.max = maps_for(image_picker.value)[layer_picker.value].shape[1] - 1
 
-    def redraw(*_):
-        activation = maps_for(image_picker.value)[layer_picker.value]
-        photo = deprocess(images[image_picker.value])
+    def draw(image, layer, channel):
+        activation = maps_for(image)[layer]
         top = strongest_channels(activation, strongest)
         figure, axes = plt.subplots(1, 2 + len(top), figsize=(2 * (2 + len(top)), 2.3))
-        viz.show(axes[0], photo, title=image_picker.value)
-        show_channel(axes[1], activation, channel_slider.value, f"{layer_picker.value}[{channel_slider.value}]")
-        for ax, channel in zip(axes[2:], top):
-            show_channel(ax, activation, channel, f"top: {channel}")
-        # Set the outputs directly instead of `with output:` capturing: capture races with headless
-        # executors (nbclient, used by the book build) and can hang them.
-        output.outputs = ()
-        output.append_display_data(figure)
-        plt.close(figure)
+        viz.show(axes[0], deprocess(images[image]), title=image)
+        show_channel(axes[1], activation, channel, f"{layer}[{channel}]")
+        for ax, top_channel in zip(axes[2:], top):
+            show_channel(ax, activation, top_channel, f"top: {top_channel}")
+        return figure
 
+    # The range observers are registered first, so the slider is valid before each redraw.
     for picker in (image_picker, layer_picker):
         picker.observe(update_channel_range, names="value")
-    for control in (image_picker, layer_picker, channel_slider):
-        control.observe(redraw, names="value")
     update_channel_range()
-    redraw()
-    return widgets.VBox([widgets.HBox([image_picker, layer_picker, channel_slider]), output])
+    return live_figure({"image": image_picker, "layer": layer_picker, "channel": channel_slider}, draw)
