@@ -236,3 +236,15 @@ def test_digits_honour_the_size_argument():
 def test_bad_input_is_rejected_naming_the_argument(call, error, argument):
     with pytest.raises(error, match=rf"^{argument}\b"):
         call()
+
+
+def test_gaussian_blur_is_scipys_away_from_the_border_and_keeps_constants():
+    import scipy.ndimage
+
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    blurred = data.gaussian_blur(x, torch.tensor([2.0, 0.0], dtype=torch.float64))
+    reference = scipy.ndimage.gaussian_filter(x[0].numpy(), sigma=(0, 2.0, 2.0), truncate=8.0)
+    torch.testing.assert_close(blurred[0, :, 20:44, 20:44], torch.from_numpy(reference)[:, 20:44, 20:44])
+    torch.testing.assert_close(blurred[1], x[1])
+    constant = torch.full((1, 1, 9, 9), 3.0)
+    torch.testing.assert_close(data.gaussian_blur(constant, 50.0), constant)

@@ -29,6 +29,7 @@ __all__ = [
     "crop_box",
     "deprocess",
     "digits",
+    "gaussian_blur",
     "load_image",
     "normalize",
     "preprocess",
@@ -178,6 +179,29 @@ def deprocess(x: torch.Tensor) -> np.ndarray:
         x = x[0]
     pixels = ((x.detach().float() * STD + MEAN) / 255).clamp(0, 1)
     return pixels.movedim(-3, -1).cpu().numpy()
+
+
+def gaussian_blur(x: torch.Tensor, sigma) -> torch.Tensor:
+    """Blur images [N, C, H, W] with a Gaussian of standard deviation `sigma` pixels.
+
+    `sigma` is a number or a tensor with one value per image (σ = 0 leaves an image unchanged). The
+    kernel spans the whole image and is renormalised where it leaves it, so a constant image stays
+    constant and any σ works, however large; the result is differentiable in `x` and in `sigma`.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"x: expected [N, C, H, W], got shape {tuple(x.shape)}")
+    sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
+    if (sigma < 0).any():
+        raise ValueError(f"sigma: expected values >= 0, got {sigma.min().item()}")
+
+    def blur_matrix(size: int) -> torch.Tensor:
+        positions = torch.arange(size, dtype=x.dtype, device=x.device)
+        squared_distance = (positions[:, None] - positions[None, :]).square()
+        variance = 2 * sigma.clamp(min=1e-6).square().view(-1, 1, 1)
+        return (-squared_distance / variance).softmax(dim=-1)        # [N, size, size], rows sum to 1
+
+    rows, columns = blur_matrix(x.shape[2]), blur_matrix(x.shape[3])
+    return rows[:, None] @ x @ columns[:, None].transpose(-1, -2)
 
 
 # ----------------------------------------------------------------------------
