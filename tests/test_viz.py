@@ -227,3 +227,13 @@ def test_grid_closes_its_figure_when_a_panel_is_invalid():
     with pytest.raises(ValueError, match="^image_or_map:"):
         viz.grid([[np.zeros((4, 4)), np.full((4, 4), 3.0)]])
     assert plt.get_fignums() == before
+
+
+def test_attribution_rgb_puts_zero_at_mid_grey_and_keeps_each_channels_sign():
+    attribution = torch.zeros(1, 3, 4, 4)
+    attribution[0, 0, 0, 0], attribution[0, 2, 1, 1] = 2.0, -2.0
+    picture = viz.attribution_rgb(attribution, percentile=100)
+    assert picture.shape == (4, 4, 3)
+    assert picture[0, 0, 0] == 1.0 and picture[1, 1, 2] == 0.0 and picture[2, 2, 1] == 0.5
+    with pytest.raises(ValueError, match="attribution: expected 3 channels"):
+        viz.attribution_rgb(torch.zeros(1, 1, 4, 4))

@@ -26,6 +26,7 @@ __all__ = [
     "pseudo_color",
     "normalize",
     "heatmap",
+    "attribution_rgb",
     "overlay",
     "show",
     "grid",
@@ -201,7 +202,7 @@ def postprocessing_figure(image, attribution_3ch, cam_1ch) -> Figure:
 
     fig, axes = plt.subplots(1, 7, figsize=(2.2 * 7, 2.6), layout="constrained")
     show(axes[0], rgb, title="input")
-    show(axes[1], _attribution_as_rgb(attribution), title="3-channel map")
+    show(axes[1], attribution_rgb(attribution), title="3-channel map")
     # Grey with zero at mid-grey, as if the 3-channel picture were converted to greyscale.
     show(axes[2], grey_sum, sign="signed", cmap="gray", title="mode 1: sum")
     show(axes[3], cam, sign="positive", cmap="gray", title="1-channel map")
@@ -304,6 +305,11 @@ def _resize(h: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return resized[0, 0].numpy()
 
 
-def _attribution_as_rgb(channels: np.ndarray) -> np.ndarray:
-    """A [3,H,W] attribution as an [H,W,3] picture in [0,1], zero at mid-grey (the usual look of gradients)."""
-    return ((_scale_signed(channels, 99.0) + 1.0) / 2.0).transpose(1, 2, 0)
+def attribution_rgb(attribution, *, percentile: float = 99.0) -> np.ndarray:
+    """A 3-channel attribution as an [H,W,3] picture in [0,1], zero at mid-grey: the usual look of
+    raw gradients and guided backpropagation, each colour channel showing its own sign."""
+    channels = _as_channels(attribution, "attribution")
+    if channels.shape[0] != 3:
+        raise ValueError(f"attribution: expected 3 channels, got {channels.shape[0]}")
+    _check_percentile(percentile)
+    return ((_scale_signed(channels, percentile) + 1.0) / 2.0).transpose(1, 2, 0)
