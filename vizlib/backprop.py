@@ -32,6 +32,7 @@ __all__ = [
     "blur_integrated_gradients",
     "rectified_gradient",
     "quadrature",
+    "QUADRATURE_RULES",
     "RELU_LIKE",
 ]
 
