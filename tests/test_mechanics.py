@@ -237,3 +237,11 @@ def test_scores_in_batches_accepts_a_black_box_callable():
     scores = scores_in_batches(black_box, 4, lambda chunk: inputs[chunk], torch.ones(4, dtype=torch.long),
                                          batch_size=2)
     torch.testing.assert_close(scores, (inputs.flatten(1) @ weights)[:, 1])
+
+
+def test_preserved_passes_a_black_box_callable_through():
+    def black_box(images):
+        return images.sum(dim=(1, 2, 3), keepdim=True)
+
+    with preserved(black_box) as model:
+        assert model is black_box

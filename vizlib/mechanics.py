@@ -160,7 +160,11 @@ def preserved(model: nn.Module, *, eval_mode: bool = True, freeze: bool = True) 
 
     Inside, the model is in eval mode (dropout off, BatchNorm uses running statistics) and its
     parameters do not require grad, so attribution computes gradients w.r.t. the input only.
+    A black-box callable that is not an nn.Module has no such state and passes through as it is.
     """
+    if not isinstance(model, nn.Module):
+        yield model
+        return
     modes = [(module, module.training) for module in model.modules()]
     flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
     try:
@@ -261,9 +265,8 @@ def scores_in_batches(
     """
     from tqdm.auto import tqdm
 
-    guard = preserved(model) if isinstance(model, nn.Module) else contextlib.nullcontext()
     scores = []
-    with guard, tqdm(total=n, disable=not progress, desc=description, leave=False) as bar:
+    with preserved(model), tqdm(total=n, disable=not progress, desc=description, leave=False) as bar:
         for chunk in batches(n, batch_size):
             outputs = model(make_batch(chunk))
             if softmax:

@@ -9,7 +9,6 @@ Chapter: book/01_perturbation.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -17,8 +16,8 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from .data import gaussian_blur
 from .mechanics import batches, check_input, check_target, preserved, scores_in_batches
 
 __all__ = [
@@ -39,18 +38,6 @@ __all__ = [
 
 FILLS = ("mean", "blur", "noise", "inpaint")
 BLUR_SIGMA = 10.0   # σ0 of Fong & Vedaldi (2017), in pixels of a 224×224 image
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """`x` [N, C, H, W] blurred by a Gaussian of standard deviation `sigma` pixels (edges replicated)."""
-    radius = math.ceil(3 * sigma)
-    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    channels = x.shape[1]
-    padded = F.pad(x, (radius, radius, radius, radius), mode="replicate")
-    rows = F.conv2d(padded, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1).contiguous(), groups=channels)
-    return F.conv2d(rows, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1).contiguous(), groups=channels)
 
 
 def fill(x: torch.Tensor, baseline, *, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -104,7 +91,7 @@ def _remover(x: torch.Tensor, baseline, seed: int) -> Callable[[torch.Tensor, to
 
 def _scores_and_target(model, x: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor]:
     """The unperturbed scores f_c(x) [N] and the target classes c [N]."""
-    with torch.no_grad(), (preserved(model) if isinstance(model, nn.Module) else contextlib.nullcontext()):
+    with torch.no_grad(), preserved(model):
         logits = model(x)
     target = check_target(target, logits)
     return logits.gather(1, target[:, None]).squeeze(1), target
@@ -374,10 +361,9 @@ def meaningful_perturbation(model, x: torch.Tensor, target=None, *, perturbation
                         device=x.device, requires_grad=True)
     optimizer = torch.optim.Adam([coarse], lr=lr)
     history = {"score": [], "l1": []}
-    guard = preserved(model) if isinstance(model, nn.Module) else contextlib.nullcontext()
     from tqdm.auto import trange
 
-    with guard:
+    with preserved(model):
         for _ in trange(steps, disable=not progress, desc="meaningful perturbation", leave=False):
             mask = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
             shift = torch.randint(0, jitter + 1, (2,), generator=generator).tolist()
