@@ -1,6 +1,6 @@
 """Class activation maps: CAM, Grad-CAM, Guided Grad-CAM, Grad-CAM++, Score-CAM, Smooth Grad-CAM++, LayerCAM.
 
-Survey §2.1.3, Eq. (28)–(30) and Table 2; the chapter is ``book/03_cam.ipynb``.
+Survey §2.1.3, Eq. (28)–(30) and Table 2; the chapter is ``book/04_cam.ipynb``.
 
 Every method here weights the channels A_k of one convolutional layer and adds them up,
 
