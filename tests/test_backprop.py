@@ -370,3 +370,28 @@ def test_the_model_is_unchanged_after_every_method(images):
         assert state(model) == before, method.__name__
     backprop.deconvnet(model, images, layer="blocks.1", channel=0)
     assert state(model) == before
+
+
+@pytest.mark.parametrize("name", SMALL_NETS)
+def test_rectified_gradient_at_percentile_zero_is_the_gradient(name, images):
+    model = small_net(name)
+    torch.testing.assert_close(backprop.rectified_gradient(model, images, 2, percentile=0.0),
+                               backprop.gradient(model, images, 2), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", SMALL_NETS)
+def test_rectified_gradient_at_threshold_zero_is_guided_backprop(name, images):
+    model = small_net(name)
+    torch.testing.assert_close(backprop.rectified_gradient(model, images, 2, threshold=0.0),
+                               backprop.guided_backprop(model, images, 2), rtol=0, atol=0)
+
+
+def test_blur_integrated_gradients_completeness_error_falls_with_steps(images):
+    # The telescoping sum is exact only for a constant gradient; otherwise it is a quadrature of
+    # ∫ ∇f(γ(σ)) · γ'(σ) dσ whose error shrinks as the steps get finer.
+    model = small_net("residual")
+    with torch.no_grad():
+        difference = model(images)[:, 2] - model(data.gaussian_blur(images, 10.0))[:, 2]
+    errors = [(backprop.blur_integrated_gradients(model, images, 2, max_sigma=10.0, steps=steps)
+               .sum(dim=(1, 2, 3)) - difference).abs().max().item() for steps in (2, 8, 32)]
+    assert errors[0] > errors[1] > errors[2]

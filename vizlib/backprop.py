@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .data import gaussian_blur
 from .mechanics import batches, capture, check_input, check_target, preserved, resolve_layer, swapped
@@ -40,67 +41,86 @@ __all__ = [
 # clipped at 6; the rules keep that clip's zero gradient above 6.
 RELU_LIKE = (nn.ReLU, nn.ReLU6)
 
-Rule = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+class _Rule(NamedTuple):
+    """A ReLU backward rule in two parts: `on_signal` maps the signal R_{l+1} arriving at the
+    activation's output (and the output a_l, and the clip's ceiling) to the signal handed on, and
+    `forward_mask` says whether the forward pass's mask 1[f_l > 0] then applies."""
+
+    on_signal: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+    forward_mask: bool
 
 
-# --- ReLU backward rules (survey Fig. 14); each maps (R_{l+1}, input, output) to R_l ---------------
-# ReLU6 is treated as a ReLU followed by a clip at 6: the clip keeps its true derivative (zero above
-# 6) and the rule applies to the ReLU part, as Captum does when ReLU6 is written as ReLU then clamp.
+# --- ReLU backward rules (survey Fig. 14) ----------------------------------------------------------
+# A rule runs as a hook on the gradient at the activation's output; autograd then applies the
+# activation's own derivative, 1[f_l > 0] · 1[f_l < 6] for ReLU6, or for the deconvnet only the clip's
+# 1[f_l < 6]. So ReLU6 is treated as a ReLU followed by a clip at 6: the clip keeps its true
+# derivative (zero above 6) and the rule applies to the ReLU part, as Captum does when ReLU6 is
+# written as ReLU then clamp.
 
-def _vanilla_rule(signal, inputs, output):
-    """R_l = 1[f_l > 0] · R_{l+1}: the true derivative."""
-    return signal * (inputs > 0)
-
-
-def _guided_rule(signal, inputs, output):
-    """R_l = 1[f_l > 0] · 1[R_{l+1} > 0] · R_{l+1}: forward and backward masks together."""
-    return (signal * (inputs > 0)).clamp(min=0)
-
-
-def _deconvnet_rule(signal, inputs, output):
-    """R_l = 1[R_{l+1} > 0] · R_{l+1}: the ReLU applied to the backward signal, blind to the forward pass."""
+def _positive_part(signal, output, ceiling):
+    """1[R_{l+1} > 0] · R_{l+1}."""
     return signal.clamp(min=0)
 
 
-def _rectified_rule(percentile: float) -> Rule:
-    """R_l = 1[a_l ⊙ R_{l+1} > τ] · 1[f_l > 0] · R_{l+1}, τ the `percentile` of a_l ⊙ R_{l+1} per image."""
-    def rule(signal, inputs, output):
+# R_l = 1[f_l > 0] · 1[R_{l+1} > 0] · R_{l+1}: forward and backward masks together.
+_guided_rule = _Rule(_positive_part, forward_mask=True)
+# R_l = 1[R_{l+1} > 0] · R_{l+1}: the ReLU applied to the backward signal, blind to the forward pass.
+_deconvnet_rule = _Rule(_positive_part, forward_mask=False)
+
+
+def _rectified_rule(percentile: float, fixed_threshold: float | None = None) -> _Rule:
+    """R_l = 1[a_l ⊙ R_{l+1} > τ] · 1[f_l > 0] · R_{l+1}, τ the `percentile` of a_l ⊙ R_{l+1} per image
+    (the ⌈q·n/100⌉-th smallest of the n scores; the 0th is −∞, so q = 0 drops nothing), or
+    `fixed_threshold` when given."""
+    def keep_important(signal, output, ceiling):
         importance = output * signal
+        if ceiling < math.inf:
+            importance = importance * (output < ceiling)      # the clip passes nothing at 6
         flat = importance.flatten(1)
-        rank = max(1, min(flat.shape[1], math.ceil(percentile / 100 * flat.shape[1])))
-        threshold = flat.kthvalue(rank, dim=1).values.view(-1, *[1] * (signal.dim() - 1))
-        return _vanilla_rule(signal, inputs, output) * (importance > threshold)
-    return rule
-
-
-class _RuleFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, inputs, ceiling, rule):
-        output = inputs.clamp(0, ceiling)
-        ctx.save_for_backward(inputs, output)
-        ctx.ceiling, ctx.rule = ceiling, rule
-        return output
-
-    @staticmethod
-    def backward(ctx, signal):
-        inputs, output = ctx.saved_tensors
-        return ctx.rule(signal * (inputs < ctx.ceiling), inputs, output), None, None
+        rank = min(flat.shape[1], math.ceil(percentile / 100 * flat.shape[1]))
+        if fixed_threshold is not None:
+            threshold = torch.full_like(flat[:, :1], fixed_threshold)
+        elif rank == 0:
+            threshold = torch.full_like(flat[:, :1], -math.inf)
+        else:
+            threshold = flat.kthvalue(rank, dim=1).values[:, None]
+        threshold = threshold.view(-1, *[1] * (signal.dim() - 1))
+        return signal * (importance > threshold)
+    return _Rule(keep_important, forward_mask=True)
 
 
 class _RuleActivation(nn.Module):
-    """A ReLU or ReLU6 in the forward pass whose backward pass follows `rule` (never in-place)."""
+    """A ReLU or ReLU6 in the forward pass whose backward pass follows `rule` (never in-place).
 
-    def __init__(self, original: nn.Module, rule: Rule):
+    The rule is a hook on the output's gradient: no Python autograd.Function and nothing saved
+    beyond what the activation's derivative keeps, so a rule costs one elementwise pass more than
+    the plain gradient.
+    """
+
+    def __init__(self, original: nn.Module, rule: _Rule):
         super().__init__()
         self.ceiling = 6.0 if isinstance(original, nn.ReLU6) else math.inf
         self.rule = rule
 
     def forward(self, inputs):
-        return _RuleFunction.apply(inputs, self.ceiling, self.rule)
+        clipped = self.ceiling < math.inf
+        if self.rule.forward_mask:
+            output = F.hardtanh(inputs, 0.0, self.ceiling) if clipped else F.relu(inputs)
+        else:
+            # Only the clip is differentiated; the cut at zero happens outside autograd, so the
+            # backward signal passes whatever the sign of the forward input.
+            output = F.hardtanh(inputs, -math.inf, self.ceiling) if clipped else inputs.clone()
+            with torch.no_grad():
+                output.clamp_(min=0)
+        if output.requires_grad:
+            # A detached alias: the hook must not hold the tensor it is registered on (a cycle).
+            activation, ceiling, on_signal = output.detach(), self.ceiling, self.rule.on_signal
+            output.register_hook(lambda signal: on_signal(signal, activation, ceiling))
+        return output
 
 
 @contextlib.contextmanager
-def _relu_rule(model: nn.Module, rule: Rule | None) -> Iterator[None]:
+def _relu_rule(model: nn.Module, rule: _Rule | None) -> Iterator[None]:
     """Inside, every ReLU-like module of `model` backpropagates with `rule`."""
     if rule is None:
         yield
@@ -208,18 +228,23 @@ def deconvnet(model: nn.Module, x: torch.Tensor, target=None, *, layer=None, cha
     return _backpropagate(model, x, target, _deconvnet_rule, layer, channel)
 
 
-def rectified_gradient(model: nn.Module, x: torch.Tensor, target=None, *, percentile: float = 98.0) -> torch.Tensor:
+def rectified_gradient(model: nn.Module, x: torch.Tensor, target=None, *, percentile: float = 98.0,
+                       threshold: float | None = None) -> torch.Tensor:
     """RectGrad (Kim et al., 2019); survey Table 1.
 
-    At each ReLU: R_l = 1[a_l ⊙ R_{l+1} > τ] · R_{l+1}, with τ the `percentile` of the importance
-    scores a_l ⊙ R_{l+1} of that layer for that image. Only units that both fire and push the score
-    up strongly pass the signal on, which removes the noise that plain gradients collect from
-    irrelevant units. Returns the rectified gradient at the input (multiply by ``x`` for a
-    gradient × input style map).
+    At each ReLU: R_l = 1[a_l ⊙ R_{l+1} > τ] · 1[f_l > 0] · R_{l+1}, with τ the `percentile` of the
+    importance scores a_l ⊙ R_{l+1} of that layer for that image, or the fixed `threshold` when
+    given. Only units that both fire and push the score up strongly pass the signal on, which
+    removes the noise that plain gradients collect from irrelevant units. The limits: percentile 0
+    drops nothing (the gradient); threshold 0 keeps the units with a_l ⊙ R_{l+1} > 0, i.e. where
+    R_{l+1} > 0 (guided backpropagation). Returns the rectified gradient at the input (multiply by
+    ``x`` for a gradient × input style map).
     """
     if not 0 <= percentile < 100:
         raise ValueError(f"percentile: expected a number in [0, 100), got {percentile!r}")
-    return _backpropagate(model, x, target, _rectified_rule(percentile))
+    if threshold is not None and not math.isfinite(threshold):
+        raise ValueError(f"threshold: expected a finite number or None, got {threshold!r}")
+    return _backpropagate(model, x, target, _rectified_rule(percentile, threshold))
 
 
 def smoothgrad(model: nn.Module, x: torch.Tensor, target=None, *, method: Callable = gradient, n_samples: int = 25,
