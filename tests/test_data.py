@@ -32,7 +32,7 @@ def test_every_named_image_loads_offline_as_uint8_rgb(name):
     assert image.ndim == 3 and image.shape[2] == 3
 
 
-def test_cat_and_coffee_keeps_both_objects_inside_the_crop_on_a_zero_valued_canvas():
+def test_cat_and_coffee_keeps_both_objects_inside_the_crop_on_a_mid_grey_canvas():
     joined = data.load_image("cat_and_coffee")
     assert joined.shape[0] == joined.shape[1]
     x = data.preprocess(joined)[0]
@@ -58,6 +58,13 @@ def test_preprocess_makes_one_224_square_float_batch():
 def test_preprocess_maps_a_flat_image_exactly_to_its_normalised_value(value):
     x = data.preprocess(np.full((300, 451, 3), value, dtype=np.uint8))
     assert torch.all(x == (value - 127) / 128)
+
+
+@pytest.mark.parametrize("pixel, name", [(0, "BLACK"), (127, "MID_GREY"), (255, "WHITE")])
+def test_named_values_are_what_preprocess_makes_of_black_mid_grey_and_white(pixel, name):
+    x = data.preprocess(np.full((40, 40, 3), pixel, dtype=np.uint8))
+    assert torch.all(x == getattr(data, name))
+    assert data.MID_GREY == 0 and round(data.BLACK, 3) == -0.992 and data.WHITE == 1
 
 
 def test_preprocess_batches_a_list_of_differently_sized_photos():

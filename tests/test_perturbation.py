@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from captum.attr import FeatureAblation, Occlusion
 
 from vizlib import data
-from vizlib.perturbation import (fill, gaussian_blur, grid_segments, leave_one_out, meaningful_perturbation,
-                                 occlusion, rise, superpixels)
+from vizlib.perturbation import (blur_by_mask, blur_pyramid, fill, gaussian_blur, grid_segments, leave_one_out,
+                                 meaningful_perturbation, occlusion, prediction_difference, rise, superpixels)
 
 TIGER_CAT = 282   # EfficientNet-Lite0's top class on chelsea
 
@@ -102,6 +102,12 @@ def test_occlusion_of_a_flat_image_is_zero_with_mean_blur_and_inpaint_fills(net)
                                    torch.zeros_like(flat), atol=1e-6, rtol=0)
 
 
+def test_named_fills_are_the_normalised_values_of_mid_grey_and_black_pixels(images):
+    assert torch.equal(fill(images, "mid-grey"), torch.zeros_like(images))
+    assert torch.equal(fill(images, "black"), torch.full_like(images, -127 / 128))
+    assert torch.equal(fill(images, "mid-grey"), fill(images, 0.0))
+
+
 # --- leave-one-out, segments ----------------------------------------------------------------------
 
 def test_leave_one_out_equals_captum_feature_ablation_on_a_grid(net, images):
@@ -188,17 +194,133 @@ def test_rise_is_deterministic_under_seed_and_independent_of_batch_size(net, ima
     assert not torch.allclose(first, other)
 
 
+# --- prediction difference analysis ---------------------------------------------------------------
+
+def region_model(top, left, side, gain=4.0):
+    """Two classes; class 1's logit is `gain` times the mean of one side×side region, class 0's is 0."""
+    def model(batch):
+        evidence = gain * batch[:, :, top:top + side, left:left + side].mean(dim=(1, 2, 3))
+        return torch.stack([torch.zeros_like(evidence), evidence], dim=1)
+    return model
+
+
+def test_prediction_difference_is_zero_exactly_for_windows_that_miss_the_evidence(images):
+    model = region_model(4, 4, 6)
+    evidence = prediction_difference(model, images, 1, window=4, padding=2, stride=4, samples=3)
+    assert evidence.shape == images.shape
+    far = evidence[:, 0, 12:, 12:]                  # windows starting at 12 or later never touch rows/cols 4..9
+    assert torch.equal(far, torch.zeros_like(far))
+    assert evidence[:, 0, 4:10, 4:10].abs().min() > 0
+
+
+def test_prediction_difference_of_one_window_is_the_log_odds_drop_of_the_mean_sampled_probability():
+    # A single window covering the whole image has no frame: every draw is the patch Gaussian's
+    # marginal, so WE = log2 odds p(x) - log2 odds mean_s p(x̃_s), with x̃_s = μ + L z_s (seeded per copy).
+    generator = torch.Generator().manual_seed(0)
+    reference = torch.randn(200, 1, 4, 4, generator=generator)
+    x = torch.randn(1, 1, 4, 4, generator=generator)
+    model = region_model(0, 0, 4)
+    evidence = prediction_difference(model, x, 1, window=4, padding=0, samples=5, reference=reference, seed=2)
+    vectors = reference.double().flatten(1)
+    mean, covariance = vectors.mean(0), vectors.T.cov(correction=1)
+    covariance += 1e-4 * covariance.diagonal().mean() * torch.eye(16, dtype=torch.float64)
+    spread = torch.linalg.cholesky(covariance)
+    draws = torch.stack([mean + spread @ torch.randn(16, generator=torch.Generator().manual_seed(2 * 2 ** 32 + s),
+                                                     dtype=torch.float64) for s in range(5)])
+    probability = lambda batch: model(batch.float().view(-1, 1, 4, 4)).softmax(dim=-1)[:, 1].double()
+    log_odds = lambda p: torch.log2(p / (1 - p))
+    expected = log_odds(probability(x)) - log_odds(probability(draws).mean())
+    torch.testing.assert_close(evidence[0, 0], torch.full((4, 4), expected.item()), rtol=1e-5, atol=1e-6)
+
+
+def test_conditional_sampling_restores_a_patch_its_frame_determines_and_marginal_sampling_does_not():
+    # On flat images a window's pixels equal their frame's, so the conditional draw is the window
+    # itself: nothing is removed and WE ~ 0. The marginal draw forgets the frame.
+    levels = torch.linspace(-1, 1, 60).view(-1, 1, 1, 1)
+    reference = levels.expand(60, 3, 12, 12) + 0.01 * torch.randn(60, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    flat = torch.full((1, 3, 12, 12), 0.6)
+    model = region_model(0, 0, 12)
+    settings = dict(window=4, padding=2, stride=4, samples=4, reference=reference)
+    conditional = prediction_difference(model, flat, 1, sampling="conditional", **settings)
+    marginal = prediction_difference(model, flat, 1, sampling="marginal", **settings)
+    assert conditional.abs().max() < 0.05 < marginal.abs().mean()
+
+
+def test_prediction_difference_is_deterministic_under_seed_and_independent_of_batch_size(net, images):
+    settings = dict(window=8, padding=2, stride=8, samples=2)
+    first = prediction_difference(net, images, 0, batch_size=3, seed=1, **settings)
+    again = prediction_difference(net, images, 0, batch_size=None, seed=1, **settings)
+    other = prediction_difference(net, images, 0, seed=2, **settings)
+    torch.testing.assert_close(first, again, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(first, other)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"window": 40}, r"window: 40×40 is larger than the image"),
+    ({"window": 4, "stride": 5}, r"stride: 5×5 is larger than the window 4×4"),
+    ({"padding": -1}, r"padding: expected an int >= 0"),
+    ({"samples": 0}, r"samples: expected an int >= 1"),
+    ({"sampling": "gan"}, r"sampling: expected one of 'conditional', 'marginal'"),
+    ({"reference": torch.zeros(2, 1, 32, 32)}, r"reference: expected 3 channels"),
+])
+def test_prediction_difference_rejects_bad_arguments_by_name(net, images, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        prediction_difference(net, images, 0, **{"window": 8, "stride": 8, **kwargs})
+
+
 # --- meaningful perturbation ----------------------------------------------------------------------
 
 def test_meaningful_perturbation_deletes_the_cat_with_a_small_blur_mask(lite0, chelsea):
     # 20 Adam steps with the paper's weights (it runs 500) already push the probability from 0.39 to ~0.05.
-    mask, history = meaningful_perturbation(lite0, chelsea, TIGER_CAT, perturbation="blur", steps=20)
+    result = meaningful_perturbation(lite0, chelsea, TIGER_CAT, perturbation="blur", steps=20)
+    mask, history = result
     assert mask.shape == (1, 1, 224, 224) and 0 <= mask.min() and mask.max() <= 1
+    # Φ(x; m) away from the border (where the jitter's edge padding changes the blur): σ0 (1 - m).
+    inside = (..., slice(40, -40), slice(40, -40))
+    torch.testing.assert_close(result.perturbed[inside], blur_by_mask(blur_pyramid(chelsea, 10.0), mask)[inside])
     with torch.no_grad():
-        deleted = lite0(mask * chelsea + (1 - mask) * gaussian_blur(chelsea, 10.0)).softmax(dim=-1)[0, TIGER_CAT]
+        deleted = lite0(result.perturbed).softmax(dim=-1)[0, TIGER_CAT]
     assert history["score"][0, 0] > 0.3                     # the cat before deletion
     assert deleted < 0.1                                     # and after, with the returned mask
     assert (1 - mask).mean() < 0.35                          # deleting less than 35 % of the image
+    objective = history["objective"][:, 0]
+    assert objective[-5:].mean() < 0.5 * objective[0]        # the minimized loss fell
+
+
+def test_blur_pyramid_runs_from_the_largest_blur_to_the_image_itself(images):
+    pyramid = blur_pyramid(images, 6.0, levels=4)
+    assert pyramid.shape == (4, *images.shape)
+    for level, sigma in enumerate([6.0, 4.0, 2.0]):
+        torch.testing.assert_close(pyramid[level], gaussian_blur(images, sigma))
+    torch.testing.assert_close(pyramid[-1], images)
+
+
+def test_blur_by_mask_blurs_deleted_pixels_by_one_minus_m_times_sigma_max(images):
+    pyramid = blur_pyramid(images, 6.0, levels=4)
+    keep, delete = torch.ones_like(images[:, :1]), torch.zeros_like(images[:, :1])
+    torch.testing.assert_close(blur_by_mask(pyramid, keep), images)                          # σ = 0
+    torch.testing.assert_close(blur_by_mask(pyramid, delete), gaussian_blur(images, 6.0))    # σ = σ_max
+    torch.testing.assert_close(blur_by_mask(pyramid, keep / 3), gaussian_blur(images, 4.0))  # m = 1/3: σ = 4
+    half = blur_by_mask(pyramid, keep / 2)                    # between levels: the mean of σ = 2 and σ = 4
+    torch.testing.assert_close(half, (gaussian_blur(images, 2.0) + gaussian_blur(images, 4.0)) / 2)
+
+
+def test_meaningful_perturbation_jitters_the_image_with_edge_padding_not_wrapping():
+    # lr = 0 keeps the mask at 1, so each step scores the shifted image alone: x(· - τ), |τ| <= 1.
+    generator = torch.Generator().manual_seed(0)
+    weights, x = torch.randn(2, 1, 6, 6, generator=generator), torch.randn(1, 1, 6, 6, generator=generator)
+    model = lambda batch: (weights[None] * batch[:, None]).sum(dim=(2, 3, 4))
+    history = meaningful_perturbation(model, x, 0, steps=30, lr=0.0, mask_scale=1, jitter=1).history
+    padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    shifted = torch.stack([padded[0, :, top:top + 6, left:left + 6] for top in range(3) for left in range(3)])
+    rolled = torch.stack([torch.roll(x[0], (dy, dx), dims=(-2, -1)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
+    probability = lambda batch: model(batch).softmax(dim=-1)[:, 0]
+    seen = history["score"][:, 0]
+    distance = (seen[:, None] - probability(shifted)[None]).abs().min(dim=1).values
+    assert distance.max() < 1e-6                                          # every step saw a padded shift
+    assert len(torch.unique(seen)) > 3                                   # of several different offsets
+    wrapped_only = probability(rolled)[[0, 2, 6, 8]]                     # diagonal wraps differ from padding
+    assert (seen[:, None] - wrapped_only[None]).abs().min() > 1e-4
 
 
 @pytest.mark.parametrize("perturbation", ["blur", "constant", "noise"])
@@ -249,7 +371,7 @@ def test_gaussian_blur_keeps_a_flat_image_flat():
     ({"window": 0}, ValueError, r"window: expected values >= 1"),
     ({"stride": 0}, ValueError, r"stride: expected values >= 1"),
     ({"window": 4, "stride": 5}, ValueError, r"stride: 5×5 is larger than the window 4×4"),
-    ({"baseline": "grey"}, ValueError, r"baseline: expected a number, a tensor or one of 'mean'"),
+    ({"baseline": "grey"}, ValueError, r"baseline: expected a number, a tensor or one of 'mid-grey', 'black'"),
     ({"baseline": torch.zeros(5, 5)}, ValueError, r"baseline: shape \(5, 5\) does not broadcast"),
     ({"target": 9}, ValueError, r"target: class index 9 is out of range"),
 ])

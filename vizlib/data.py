@@ -21,10 +21,13 @@ from PIL import Image
 from sklearn.datasets import load_digits, load_sample_image
 
 __all__ = [
+    "BLACK",
     "IMAGE_NAMES",
     "MEAN",
+    "MID_GREY",
     "SHAPE_CLASSES",
     "STD",
+    "WHITE",
     "ImageSet",
     "crop_box",
     "deprocess",
@@ -84,7 +87,7 @@ def _cat_and_coffee() -> np.ndarray:
     """The cat beside the coffee cup: one square photo holding two ImageNet objects.
 
     Both objects sit side by side inside the region that `preprocess` keeps (the central
-    87.5 %), on a mid-grey canvas, which the network's normalisation maps to zero.
+    87.5 %), on a mid-grey canvas (pixel 127), which the network's normalisation maps to 0.
     """
     canvas_side = 512
     margin = (canvas_side - round(canvas_side * 224 / 256)) // 2
@@ -102,13 +105,20 @@ def _cat_and_coffee() -> np.ndarray:
 # EfficientNet-Lite input pipeline
 # ----------------------------------------------------------------------------
 
+# The normalisation's offset and scale: (pixel - 127) / 128. MEAN is the pixel value that becomes 0
+# (mid-grey), not the mean colour of any photo or data set.
 MEAN = 127.0
 STD = 128.0
+# Named normalised values (chapter 0's table). An input of 0 is mid-grey, not black.
+BLACK = (0 - MEAN) / STD        # pixel 0   -> -0.992
+MID_GREY = (127 - MEAN) / STD   # pixel 127 ->  0
+WHITE = (255 - MEAN) / STD      # pixel 255 -> +1 (exactly)
 _CROP_PADDING = 32  # TF's efficientnet eval crops size/(size + 32) of the short side
 
 
 def normalize(x255: torch.Tensor) -> torch.Tensor:
-    """Map pixel values in 0..255 to the network's input range, (x - 127) / 128."""
+    """Map pixel values in 0..255 to the network's input range, (x - 127) / 128: black (0) becomes
+    `BLACK` = -0.992, mid-grey (127) becomes 0, white (255) becomes `WHITE` = +1."""
     return (x255 - MEAN) / STD
 
 
@@ -213,7 +223,8 @@ def gaussian_blur(x: torch.Tensor, sigma) -> torch.Tensor:
 class ImageSet(torch.utils.data.Dataset):
     """Labelled images with optional per-image ground truth.
 
-    images: float32 [N, C, H, W] in [0, 1]; labels: int64 [N]; classes: names.
+    images: float32 [N, C, H, W] in [0, 1], fed to the small nets as they are (no `normalize`), so
+    here 0 is black and 0.5 mid-grey, unlike EfficientNet-Lite0's inputs; labels: int64 [N]; classes: names.
     masks: bool [N, H, W], the object's pixels. boxes: int64 [N, 4], the
     object's (x0, y0, x1, y1) with x1, y1 exclusive. colors: float32 [N, 3],
     the object's flat colour. shortcut_masks: bool [N, H, W], pixels of a
