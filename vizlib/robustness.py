@@ -382,8 +382,8 @@ def _distribution(maps: torch.Tensor) -> torch.Tensor:
 
 
 def manipulate_explanation(model: nn.Module, x: torch.Tensor, target_map: torch.Tensor, explain: Callable, *,
-                           target=None, beta: float | None = 30.0, steps: int = 100, lr: float = 1e-3,
-                           output_weight: float = 1e3, epsilon: float, bounds=None, seed: int = 0):
+                           target=None, beta: float | None = 30.0, steps: int = 100, lr: float = 3e-3,
+                           output_weight: float = 1.0, epsilon: float, bounds=None, seed: int = 0):
     """Manipulated explanations (Dombrowski et al., 2019); survey Eq. (39), Fig. 35/36.
 
     Finds x_adv with ‖x_adv − x‖∞ ≤ ε that minimises
