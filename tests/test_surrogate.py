@@ -379,3 +379,28 @@ def test_bad_segments_masks_and_options_are_rejected_with_the_argument_named(net
 def test_a_model_with_the_wrong_number_of_classes_is_named_in_the_error(net, images):
     with pytest.raises(ValueError, match="target: class index 9 is out of range"):
         kernel_shap(net, images, 9, segments=grid_segments(32, 32, 2))
+
+
+# --- Deep SHAP ------------------------------------------------------------------------------------
+
+def test_deep_shap_equals_captum_deep_lift_shap_on_an_average_pooled_net(images):
+    from captum.attr import DeepLiftShap
+
+    from vizlib.surrogate import deep_shap
+
+    torch.manual_seed(0)
+    net = models.AllConvNet(in_channels=3, num_classes=4, widths=(4, 8)).eval()
+    baselines = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    ours = deep_shap(net, images, 1, baselines=baselines, batch_size=4)
+    theirs = DeepLiftShap(net).attribute(images, baselines=baselines, target=1)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_deep_shap_balances_exactly_on_a_max_pooled_net(net, images):
+    from vizlib.surrogate import deep_shap
+
+    baselines = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    ours = deep_shap(net, images, 2, baselines=baselines)
+    with torch.no_grad():
+        expected = net(images)[:, 2] - net(baselines)[:, 2].mean()
+    torch.testing.assert_close(ours.sum(dim=(1, 2, 3)), expected, rtol=1e-4, atol=1e-5)
