@@ -24,10 +24,6 @@ FAMILIES = {
     "backprop": "Gradients vs Captum",
     "lrp": "Relevance propagation vs Captum LRP / DeepLift",
     "cam": "Class activation maps vs Captum",
-    "maximization": "Activation maximization vs the forward+backward limit",
-    "attention": "Attention modules: overhead of the masks",
-    "surrogate": "LIME / SHAP vs Captum",
-    "robustness": "Attacks vs Captum FGSM / PGD",
 }
 
 
