@@ -42,9 +42,9 @@ __all__ = [
 RELU_LIKE = (nn.ReLU, nn.ReLU6)
 
 class _Rule(NamedTuple):
-    """A ReLU backward rule in two parts: `on_signal` maps the signal R_{l+1} arriving at the
+    """A ReLU backward rule in two parts: `on_signal` maps the signal g_{l+1} arriving at the
     activation's output (and the output a_l, and the clip's ceiling) to the signal handed on, and
-    `forward_mask` says whether the forward pass's mask 1[f_l > 0] then applies."""
+    `forward_mask` says whether the forward pass's mask 1[z_l > 0] then applies."""
 
     on_signal: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
     forward_mask: bool
@@ -52,24 +52,24 @@ class _Rule(NamedTuple):
 
 # --- ReLU backward rules (survey Fig. 14) ----------------------------------------------------------
 # A rule runs as a hook on the gradient at the activation's output; autograd then applies the
-# activation's own derivative, 1[f_l > 0] · 1[f_l < 6] for ReLU6, or for the deconvnet only the clip's
-# 1[f_l < 6]. So ReLU6 is treated as a ReLU followed by a clip at 6: the clip keeps its true
+# activation's own derivative, 1[z_l > 0] · 1[z_l < 6] for ReLU6, or for the deconvnet only the clip's
+# 1[z_l < 6]. So ReLU6 is treated as a ReLU followed by a clip at 6: the clip keeps its true
 # derivative (zero above 6) and the rule applies to the ReLU part, as Captum does when ReLU6 is
 # written as ReLU then clamp.
 
 def _positive_part(signal, output, ceiling):
-    """1[R_{l+1} > 0] · R_{l+1}."""
+    """1[g_{l+1} > 0] · g_{l+1}."""
     return signal.clamp(min=0)
 
 
-# R_l = 1[f_l > 0] · 1[R_{l+1} > 0] · R_{l+1}: forward and backward masks together.
+# g_l = 1[z_l > 0] · 1[g_{l+1} > 0] · g_{l+1}: forward and backward masks together.
 _guided_rule = _Rule(_positive_part, forward_mask=True)
-# R_l = 1[R_{l+1} > 0] · R_{l+1}: the ReLU applied to the backward signal, blind to the forward pass.
+# g_l = 1[g_{l+1} > 0] · g_{l+1}: the ReLU applied to the backward signal, blind to the forward pass.
 _deconvnet_rule = _Rule(_positive_part, forward_mask=False)
 
 
 def _rectified_rule(percentile: float, fixed_threshold: float | None = None) -> _Rule:
-    """R_l = 1[a_l ⊙ R_{l+1} > τ] · 1[f_l > 0] · R_{l+1}, τ the `percentile` of a_l ⊙ R_{l+1} per image
+    """g_l = 1[a_l ⊙ g_{l+1} > τ] · 1[z_l > 0] · g_{l+1}, τ the `percentile` of a_l ⊙ g_{l+1} per image
     (the ⌈q·n/100⌉-th smallest of the n scores; the 0th is −∞, so q = 0 drops nothing), or
     `fixed_threshold` when given."""
     def keep_important(signal, output, ceiling):
@@ -208,8 +208,8 @@ def input_x_gradient(model: nn.Module, x: torch.Tensor, target=None) -> torch.Te
 def guided_backprop(model: nn.Module, x: torch.Tensor, target=None, *, layer=None, channel=None) -> torch.Tensor:
     """Guided backpropagation (Springenberg et al., 2014); survey §2.1.2.2, Fig. 14.
 
-    At each ReLU and ReLU6: R_l = 1[f_l > 0] · 1[R_{l+1} > 0] · R_{l+1} (after ReLU6's clip, whose
-    derivative 1[f_l < 6] is kept), for modules used in-place or several times alike. Other activations (SiLU, sigmoid, a functional
+    At each ReLU and ReLU6: g_l = 1[z_l > 0] · 1[g_{l+1} > 0] · g_{l+1} (after ReLU6's clip, whose
+    derivative 1[z_l < 6] is kept), for modules used in-place or several times alike. Other activations (SiLU, sigmoid, a functional
     ``F.relu`` in ``forward``) keep their true derivative. With ``layer=`` and ``channel=`` the pass
     starts from that channel's strongest activation in ``layer`` instead of a class score.
     """
@@ -219,8 +219,8 @@ def guided_backprop(model: nn.Module, x: torch.Tensor, target=None, *, layer=Non
 def deconvnet(model: nn.Module, x: torch.Tensor, target=None, *, layer=None, channel=None) -> torch.Tensor:
     """Deconvolutional network (Zeiler & Fergus, 2014); survey §2.1.2.2, Fig. 13–14.
 
-    At each ReLU and ReLU6: R_l = 1[R_{l+1} > 0] · R_{l+1}, independent of the forward activation
-    (ReLU6's clip at 6 keeps its true derivative 1[f_l < 6], as a separate layer would). Other
+    At each ReLU and ReLU6: g_l = 1[g_{l+1} > 0] · g_{l+1}, independent of the forward activation
+    (ReLU6's clip at 6 keeps its true derivative 1[z_l < 6], as a separate layer would). Other
     activations (SiLU, sigmoid, a functional ``F.relu``) keep their true derivative. Max pooling
     routes the signal through the recorded switches, which is autograd's rule for max pooling. With
     ``layer=`` and ``channel=`` it reconstructs what drives that channel's strongest activation.
@@ -232,12 +232,12 @@ def rectified_gradient(model: nn.Module, x: torch.Tensor, target=None, *, percen
                        threshold: float | None = None) -> torch.Tensor:
     """RectGrad (Kim et al., 2019); survey Table 1.
 
-    At each ReLU: R_l = 1[a_l ⊙ R_{l+1} > τ] · 1[f_l > 0] · R_{l+1}, with τ the `percentile` of the
-    importance scores a_l ⊙ R_{l+1} of that layer for that image, or the fixed `threshold` when
+    At each ReLU: g_l = 1[a_l ⊙ g_{l+1} > τ] · 1[z_l > 0] · g_{l+1}, with τ the `percentile` of the
+    importance scores a_l ⊙ g_{l+1} of that layer for that image, or the fixed `threshold` when
     given. Only units that both fire and push the score up strongly pass the signal on, which
     removes the noise that plain gradients collect from irrelevant units. The limits: percentile 0
-    drops nothing (the gradient); threshold 0 keeps the units with a_l ⊙ R_{l+1} > 0, i.e. where
-    R_{l+1} > 0 (guided backpropagation). Returns the rectified gradient at the input (multiply by
+    drops nothing (the gradient); threshold 0 keeps the units with a_l ⊙ g_{l+1} > 0, i.e. where
+    g_{l+1} > 0 (guided backpropagation). Returns the rectified gradient at the input (multiply by
     ``x`` for a gradient × input style map).
     """
     if not 0 <= percentile < 100:

@@ -56,9 +56,10 @@ _SKLEARN_PHOTOS = ("china", "flower")
 
 IMAGE_NAMES = (*_SKIMAGE_PHOTOS, *_SKLEARN_PHOTOS, "cat_and_coffee")
 
-# (x0, y0, x1, y1) crops that frame the cat's face and the cup with its saucer.
-_CAT_BOX = (10, 0, 390, 300)
-_COFFEE_BOX = (60, 0, 500, 400)
+# (x0, y0, x1, y1) portrait crops (1 wide : 2 high) of the cat's face and of the cup on its saucer,
+# so that side by side they fill the square the network sees, with no letterbox bands.
+_CAT_BOX = (150, 0, 300, 300)
+_COFFEE_BOX = (200, 0, 400, 400)
 
 
 def load_image(name: str) -> np.ndarray:
@@ -86,18 +87,18 @@ def _to_rgb(image: np.ndarray) -> np.ndarray:
 def _cat_and_coffee() -> np.ndarray:
     """The cat beside the coffee cup: one square photo holding two ImageNet objects.
 
-    Both objects sit side by side inside the region that `preprocess` keeps (the central
-    87.5 %), on a mid-grey canvas (pixel 127), which the network's normalisation maps to 0.
+    The cat fills the left half and the cup the right half of the region that `preprocess` keeps
+    (the central 87.5 %), so the network sees only photo pixels. The margin it crops away is
+    mid-grey (pixel 127).
     """
     canvas_side = 512
     margin = (canvas_side - round(canvas_side * 224 / 256)) // 2
     half = (canvas_side - 2 * margin) // 2
     canvas = np.full((canvas_side, canvas_side, 3), round(MEAN), dtype=np.uint8)
     for column, (photo, box) in enumerate([(skimage.data.chelsea(), _CAT_BOX), (skimage.data.coffee(), _COFFEE_BOX)]):
-        part = Image.fromarray(photo).crop(box)
-        part = np.asarray(part.resize((half, round(part.height * half / part.width)), Image.Resampling.LANCZOS))
-        top, left = (canvas_side - part.shape[0]) // 2, margin + column * half
-        canvas[top: top + part.shape[0], left: left + half] = part
+        part = Image.fromarray(photo).crop(box).resize((half, 2 * half), Image.Resampling.LANCZOS)
+        left = margin + column * half
+        canvas[margin: margin + 2 * half, left: left + half] = np.asarray(part)
     return canvas
 
 
