@@ -213,6 +213,27 @@ def test_attention_maps_reads_torchvision_squeeze_excitation():
     assert hook_count(net) == 0
 
 
+class SpatialFirstCBAM(attention.CBAM):
+    """CBAM with the two gates in the reverse order: a subclass that reuses the gates."""
+
+    def forward(self, x):
+        pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+        located = x * self.spatial_gate(self.spatial_conv(pooled))
+        weights = self.channel_gate(self.mlp(located.mean(dim=(2, 3))) + self.mlp(located.amax(dim=(2, 3))))
+        return located * weights[:, :, None, None]
+
+
+def test_attention_maps_reads_a_subclass_that_reorders_the_gates(positive_features):
+    torch.manual_seed(4)
+    module = SpatialFirstCBAM(8, reduction=2, kernel_size=3)
+    maps = attention.attention_maps(nn.Sequential(module), positive_features)["0"]
+    with torch.no_grad():
+        ratio = module(positive_features) / positive_features
+    # the output over the input is still M_c[k] · M_s[i, j], now with M_s computed first
+    torch.testing.assert_close(ratio, maps["channel"][:, :, None, None] * maps["spatial"], rtol=1e-5, atol=1e-6)
+    assert hook_count(module) == 0
+
+
 def test_a_model_without_attention_modules_is_refused_by_name():
     with pytest.raises(ValueError, match="GAPNet has no attention modules"):
         attention.attention_maps(models.GAPNet(), torch.zeros(1, 3, 16, 16))

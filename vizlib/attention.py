@@ -132,12 +132,18 @@ _GATES = {
 _ATTRIBUTES = {"channel": "channel_weights", "spatial": "spatial_mask"}
 
 
+def _gates(module: nn.Module) -> dict[str, str] | None:
+    """The gates of an attention module, by its class or a base class (so a subclass that
+    reorders the steps is read the same way); None for any other module."""
+    return next((gates for kind, gates in _GATES.items() if isinstance(module, kind)), None)
+
+
 def attention_modules(model: nn.Module) -> dict[str, nn.Module]:
     """The attention modules of `model` by name: `SqueezeExcitation`, `CBAM` and torchvision's
-    `SqueezeExcitation`. A model without any raises a ValueError."""
+    `SqueezeExcitation`, and their subclasses. A model without any raises a ValueError."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
-    found = {name: module for name, module in model.named_modules() if type(module) in _GATES}
+    found = {name: module for name, module in model.named_modules() if _gates(module) is not None}
     if not found:
         raise ValueError(f"model: {type(model).__name__} has no attention modules (expected "
                          f"{', '.join(t.__module__ + '.' + t.__name__ for t in _GATES)}), so it has no attention "
@@ -163,7 +169,7 @@ def recording(model: nn.Module) -> Iterator[dict[str, nn.Module]]:
 
     try:
         for module in modules.values():
-            for kind, gate in _GATES[type(module)].items():
+            for kind, gate in _gates(module).items():
                 recorded.append((module, _ATTRIBUTES[kind]))
                 handles.append(getattr(module, gate).register_forward_hook(keep(module, _ATTRIBUTES[kind])))
         yield modules
@@ -187,7 +193,7 @@ def attention_maps(model: nn.Module, x: torch.Tensor) -> dict[str, dict[str, tor
         model(x)
         maps = {}
         for name, module in modules.items():
-            kinds = _GATES[type(module)]
+            kinds = _gates(module)
             if getattr(module, "channel_weights", None) is None:
                 raise ValueError(f"model: the attention module {name!r} did not run in the forward pass")
             maps[name] = {kind: getattr(module, _ATTRIBUTES[kind]) for kind in kinds}
