@@ -17,7 +17,7 @@ import torchvision
 from torch import nn
 from torch.nn import functional as F
 
-from vizlib import backprop, data, models, robustness
+from vizlib import backprop, data, lrp, models, robustness
 from vizlib.mechanics import preserved
 
 from test_backprop import randomized, state   # random BatchNorm statistics; the model's state
@@ -354,6 +354,36 @@ def test_differentiable_explanations_have_the_values_of_the_vizlib_methods(vgg, 
     torch.testing.assert_close(with_graph.detach(), method(vgg, images, target), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("epsilon", [1e-6, 0.1, 1.0])
+@pytest.mark.parametrize("make", [
+    lambda: models.VGGNet(in_channels=3, num_classes=4, input_size=32, widths=(4, 8)),
+    lambda: models.GAPNet(widths=(4, 8)),
+])
+def test_differentiable_lrp_epsilon_has_the_values_of_lrp(images, make, epsilon):
+    torch.manual_seed(0)
+    net = randomized(make())
+    target = torch.tensor([0, 1, 2])
+    inputs = images.clone().requires_grad_()
+    before = state(net)
+    with preserved(net):
+        with_graph = robustness.differentiable(functools.partial(lrp.lrp, epsilon=epsilon))(net, inputs, target)
+    assert state(net) == before
+    (second,) = torch.autograd.grad(with_graph.square().sum(), inputs)
+    assert second.abs().sum() > 0                               # the map can be differentiated again
+    torch.testing.assert_close(with_graph.detach(), lrp.lrp(net, images, target, epsilon=epsilon),
+                               rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("explain, message", [
+    (functools.partial(lrp.lrp, rule="gamma"), "explain"),
+    (functools.partial(lrp.lrp, composite="epsilon_plus_flat"), "explain"),
+    (lrp.lrp, "ReLU6"),                                            # relevance passes ReLU6's clip
+])
+def test_differentiable_lrp_rejects_other_rules_and_relu6(residual, images, explain, message):
+    with pytest.raises((ValueError, TypeError), match=message), preserved(residual):
+        robustness.differentiable(explain)(residual, images.clone().requires_grad_(), torch.tensor([0, 1, 2]))
+
+
 def square_goal(side=32):
     goal = torch.zeros(side, side)
     goal[8:24, 8:24] = 1.0
@@ -369,13 +399,14 @@ def squared_error_to(goal, maps):
 MANIPULATION = dict(beta=30.0, steps=40, lr=1e-2, output_weight=1e2, epsilon=0.2, bounds=(0.0, 1.0))
 
 
-def test_manipulation_moves_the_gradient_map_while_the_output_stays(vgg, images):
+@pytest.mark.parametrize("method", [backprop.gradient, functools.partial(lrp.lrp, epsilon=0.1)],
+                         ids=["gradient", "lrp"])
+def test_manipulation_moves_the_map_while_the_output_stays(vgg, images, method):
     goal = square_goal()
     before = state(vgg)
-    adversarial, history = robustness.manipulate_explanation(vgg, images, goal, backprop.gradient, **MANIPULATION)
+    adversarial, history = robustness.manipulate_explanation(vgg, images, goal, method, **MANIPULATION)
     assert state(vgg) == before
-    ratio = squared_error_to(goal, backprop.gradient(vgg, adversarial)) / \
-        squared_error_to(goal, backprop.gradient(vgg, images))
+    ratio = squared_error_to(goal, method(vgg, adversarial)) / squared_error_to(goal, method(vgg, images))
     with torch.no_grad():
         output_change = (vgg(adversarial).softmax(1) - vgg(images).softmax(1)).abs().max()
     print(f"squared error to the target map: × {ratio.tolist()}; output change {output_change:.1e}")

@@ -14,6 +14,7 @@ device of ``x``, and the model is handed back unchanged.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import math
 from typing import Callable, Iterator
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import backprop
+from . import backprop, lrp
 from .data import normalize
 from .mechanics import check_input, check_target, preserved, swapped
 
@@ -78,22 +79,23 @@ def _clip(x: torch.Tensor, bounds: tuple[float, float] | None) -> torch.Tensor:
     return x if bounds is None else x.clamp(*bounds)
 
 
-def _attack_target(model, x: torch.Tensor, target, targeted: bool) -> torch.Tensor:
+def _check_attack_target(target, targeted: bool):
     if targeted and target is None:
         raise ValueError("target: a targeted attack needs the class to reach; got None")
-    with torch.no_grad():
-        return check_target(target, model(x))
+    return target
 
 
 # --- attacks on the prediction -----------------------------------------------------------------------
 
-def _loss_gradient(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def _loss_gradient(model: nn.Module, x: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor]:
     """∇_x J(x, target) per image, J the cross-entropy of the logits (summed over the batch, so each
-    image gets the gradient of its own loss: the model is in eval mode)."""
+    image gets the gradient of its own loss: the model is in eval mode), and the target as a
+    LongTensor [N] (None: the class predicted for x), from one forward and one backward pass."""
     inputs = x.detach().clone().requires_grad_()
-    loss = F.cross_entropy(model(inputs), target, reduction="sum")
-    (grad,) = torch.autograd.grad(loss, inputs)
-    return grad
+    logits = model(inputs)
+    target = check_target(target, logits.detach())
+    (grad,) = torch.autograd.grad(F.cross_entropy(logits, target, reduction="sum"), inputs)
+    return grad, target
 
 
 def fgsm(model: nn.Module, x: torch.Tensor, target=None, *, epsilon: float, targeted: bool = False,
@@ -111,9 +113,9 @@ def fgsm(model: nn.Module, x: torch.Tensor, target=None, *, epsilon: float, targ
     x = check_input(x)
     epsilon = _check_radius(epsilon, "epsilon")
     bounds = _check_bounds(bounds)
+    target = _check_attack_target(target, targeted)
     with preserved(model):
-        target = _attack_target(model, x, target, targeted)
-        grad = _loss_gradient(model, x, target)
+        grad, _ = _loss_gradient(model, x, target)
     direction = -1.0 if targeted else 1.0
     return _clip(x + direction * epsilon * grad.sign(), bounds).detach()
 
@@ -172,11 +174,14 @@ def pgd(model: nn.Module, x: torch.Tensor, target=None, *, radius: float, step_s
         raise ValueError(f"norm: expected one of {', '.join(map(repr, NORMS))}, got {norm!r}")
     bounds = _check_bounds(bounds)
     direction = -1.0 if targeted else 1.0
+    target = _check_attack_target(target, targeted)
+    if target is None and random_start:
+        with preserved(model), torch.no_grad():
+            target = model(x).argmax(dim=1)          # the class to leave is the one predicted for x
     with preserved(model):
-        target = _attack_target(model, x, target, targeted)
         adversarial = _clip(_random_start(x, radius, norm, seed), bounds) if random_start else x.detach()
         for _ in range(steps):
-            grad = _loss_gradient(model, adversarial, target)
+            grad, target = _loss_gradient(model, adversarial, target)
             stepped = adversarial + direction * step_size * _steepest_step(grad, norm)
             adversarial = _clip(x + _project(stepped - x, radius, norm), bounds).detach()
     return adversarial
@@ -331,20 +336,76 @@ def _smoothgrad_with_graph(model, x, target, *, method=backprop.gradient, n_samp
     return maps.view(n_samples, *x.shape).mean(dim=0)
 
 
+# The layers through which LRP-ε is the gradient with a rescaled signal at each pre-activation.
+_LRP_EPSILON_LAYERS = (*lrp.RULE_LAYERS, *lrp.POOLS, nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, SoftplusReLU,
+                       nn.Flatten, nn.Dropout, nn.Identity)
+
+
+def _lrp_with_graph(model, x, target, *, rule: str = "epsilon", epsilon: float = 1e-6, **options):
+    """`lrp.lrp` with the ε (or zero) rule, kept differentiable in x, on ReLU networks.
+
+    LRP-ε is a modified gradient: the signal arriving at the pre-activation z of every Conv/Linear
+    (after the BatchNorm folded into it) is scaled by z / (z + ε sign z); ReLU, max- and average
+    pooling and residual additions keep their gradient (zennit's convention, the default of
+    `lrp.lrp`). Here the scale stays in the graph, so R = x ⊙ g can be differentiated again.
+    A ReLU6 passes relevance past its clip, which is not its gradient, so ReLU6 networks raise.
+    """
+    unsupported = {name: value for name, value in options.items()
+                   if (name, value) not in (("init", "logit"), ("convention", "zennit"))}
+    if rule not in ("epsilon", "zero") or unsupported:
+        raise ValueError("explain: the attack differentiates lrp.lrp with rule 'epsilon' or 'zero' only "
+                         "(init 'logit', zennit's convention, no first_layer or composite)")
+    for name, module in model.named_modules():
+        leaf = next(module.children(), None) is None
+        if leaf and (not isinstance(module, _LRP_EPSILON_LAYERS) or getattr(module, "ceiling", None)):
+            raise TypeError(f"model: layer {name!r} is a {type(module).__name__}; the attack differentiates "
+                            f"LRP-ε through Conv, Linear, BatchNorm, ReLU, pooling and flattening only")
+    stabilizer = 0.0 if rule == "zero" else epsilon
+    pairs = lrp._batchnorm_pairs(model)
+    folded = set(map(id, pairs.values()))
+    pre_activations = [module for module in model.modules()
+                       if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d))
+                       or isinstance(module, lrp.RULE_LAYERS) and id(module) not in pairs]
+    if any(isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)) and id(module) not in folded
+           for module in pre_activations):
+        raise TypeError("model: every BatchNorm must follow a convolution or linear layer")
+
+    def rescale(module, inputs, z):
+        stabilized = z + stabilizer * torch.where(z >= 0, 1.0, -1.0)
+        ratio = z / stabilized.masked_fill(stabilized == 0, 1.0)
+        z.register_hook(lambda signal: signal * ratio)
+        return z.view_as(z)
+
+    def not_in_place(module):
+        replacement = copy.copy(module)
+        replacement.inplace = False
+        return replacement
+
+    handles = [module.register_forward_hook(rescale) for module in pre_activations]
+    try:
+        with swapped(model, lambda module: getattr(module, "inplace", False), not_in_place):
+            return x * _gradient_with_graph(model, x, target)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 _WITH_GRAPH = {
     backprop.gradient: _gradient_with_graph,
     backprop.input_x_gradient: _input_x_gradient_with_graph,
     backprop.smoothgrad: _smoothgrad_with_graph,
+    lrp.lrp: _lrp_with_graph,
 }
 
 
 def differentiable(explain: Callable) -> Callable:
     """The version of a vizlib explanation whose map stays a differentiable function of the input.
 
-    vizlib's methods return detached maps. For `backprop.gradient`, `backprop.input_x_gradient` and
-    `backprop.smoothgrad` (or a ``functools.partial`` of them) this returns a function with the same
-    values that keeps the graph, as an attack on the explanation needs; any other callable is
-    returned as it is and must build its map differentiably itself.
+    vizlib's methods return detached maps. For `backprop.gradient`, `backprop.input_x_gradient`,
+    `backprop.smoothgrad` and `lrp.lrp` with the ε rule on ReLU networks (or a ``functools.partial``
+    of them) this returns a function with the same values that keeps the graph, as an attack on the
+    explanation needs; any other callable is returned as it is and must build its map
+    differentiably itself.
     """
     keywords = {}
     if isinstance(explain, functools.partial):
@@ -432,7 +493,8 @@ def manipulate_explanation(model: nn.Module, x: torch.Tensor, target_map: torch.
             if not maps.requires_grad:
                 raise ValueError("explain: its map does not depend differentiably on the input; vizlib's "
                                  "methods detach their maps, so pass backprop.gradient, "
-                                 "backprop.input_x_gradient or backprop.smoothgrad (see `differentiable`), "
+                                 "backprop.input_x_gradient, backprop.smoothgrad or lrp.lrp (see "
+                                 "`differentiable`), "
                                  "or a function that builds its map with create_graph=True")
             explanation_loss = (_distribution(maps) - goal).square().sum(dim=(1, 2))
             output_loss = (model(adversarial).softmax(dim=1) - clean_output).square().sum(dim=1)
