@@ -7,6 +7,12 @@ DEPS_HASH := $(shell cat pyproject.toml environment.yml | sha256sum | cut -c1-16
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
 NOTEBOOKS := $(shell find book -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' | sort)
 CELL_TIMEOUT := 600
+# `make test` executes each notebook once: nbval runs it and tests/executed_notebooks.py keeps the
+# executed copy here; build-book renders those outputs with execution off.
+EXECUTED := _build/executed
+# e.g. NOTEBOOK_JOBS='-n 2 --dist loadfile' to run notebooks in parallel with pytest-xdist. Off by
+# default: not faster on the 2-core machine (each worker's start-up; torch already uses both cores).
+NOTEBOOK_JOBS ?=
 
 .PHONY: venv test unit notebooks strip-check build-book book lab bench clean
 
@@ -28,10 +34,15 @@ unit: $(STAMP)
 	MPLBACKEND=Agg $(BIN)/python -m pytest tests
 
 notebooks: $(STAMP)
-	$(BIN)/python -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=$(CELL_TIMEOUT) $(NOTEBOOKS)
+	rm -rf $(EXECUTED)
+	$(BIN)/python -m pytest -p tests.executed_notebooks --executed-dir=$(EXECUTED) \
+		--notebook-times=benchmarks/NOTEBOOK_TIMES.md $(NOTEBOOK_JOBS) \
+		--nbval-lax --nbval-current-env --nbval-cell-timeout=$(CELL_TIMEOUT) $(NOTEBOOKS)
 
-build-book: $(STAMP)
-	$(BIN)/jupyter-book build --all -W -n --keep-going .
+# The test build: the notebooks nbval just executed, not executed again (-W -n: warnings fail).
+build-book: notebooks
+	$(BIN)/python tests/executed_notebooks.py stage $(EXECUTED)
+	$(BIN)/jupyter-book build --all -W -n --keep-going --path-output . $(EXECUTED)
 
 book: $(STAMP)
 	$(BIN)/jupyter-book build --all .
