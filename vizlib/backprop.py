@@ -349,7 +349,7 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target=None, *, base
 
     R_i(x) = (x_i − x'_i) · ∫_0^1 ∂f_c(x' + α(x − x'))/∂x_i dα, with `steps` nodes of `rule`
     (see `quadrature`). Completeness: Σ_i R_i = f_c(x) − f_c(x'). With `return_delta`, also returns
-    the completeness error Σ_i R_i − (f_c(x) − f_c(x')) per image. `baseline` x' is zero by default,
+    the completeness error Σ_i R_i − (f_c(x) − f_c(x')) per image. `baseline` x' is zero (mid-grey under `data.preprocess`) by default,
     or a number, or a tensor broadcastable to `x`. The path points go through the model
     `batch_size` at a time (all at once when None).
     """
