@@ -26,10 +26,8 @@ space; for EfficientNet-Lite0 that is (pixel − 127) / 128, so 0 is mid-grey.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import numbers
-import os
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -39,6 +37,7 @@ from torch import nn
 
 from .data import MEAN, STD, gaussian_blur
 from .mechanics import capture, check_input, check_target, preserved, resolve_layer
+from .models import cache_key, load_cached, save_cached
 
 __all__ = [
     "Objective",
@@ -794,7 +793,7 @@ class Generator(nn.Module):
     and the box it keeps the code in.
     """
 
-    def __init__(self, code_size: int, out_channels: int = 1, size: int = 28, width: int = 32):
+    def __init__(self, code_size: int, out_channels: int = 1, size: int = 28, width: int = 16):
         super().__init__()
         if size % 4:
             raise ValueError(f"size: expected a multiple of 4, got {size}")
@@ -819,16 +818,9 @@ def _discriminator(in_channels: int, size: int) -> nn.Module:
         nn.Flatten(), nn.Linear(32 * (size // 4) ** 2, 1))
 
 
-def _fingerprint(*tensors: torch.Tensor, text: str) -> str:
-    digest = hashlib.sha256(text.encode())
-    for tensor in tensors:
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def train_generator(encoder: nn.Module, dataset, layer, *, epochs: int = 30, batch_size: int = 64,
+def train_generator(encoder: nn.Module, dataset, layer, *, epochs: int = 10, batch_size: int = 64,
                     lr: float = 2e-3, image_weight: float = 1.0, feature_weight: float = 1.0,
-                    adversarial_weight: float = 0.02, width: int = 32, seed: int = 0, cache: bool = True,
+                    adversarial_weight: float = 0.02, width: int = 16, seed: int = 0, cache: bool = True,
                     progress: bool = True) -> Generator:
     """Train DGN-AM's generator (Nguyen et al., 2016; Dosovitskiy & Brox, 2016); survey Eq. (32)–(33).
 
@@ -845,8 +837,6 @@ def train_generator(encoder: nn.Module, dataset, layer, *, epochs: int = 30, bat
     """
     from tqdm import tqdm
 
-    from .models import cache_dir
-
     images = dataset.images if hasattr(dataset, "images") else dataset
     images = check_input(images, name="dataset")
     for name, value in {"epochs": epochs, "batch_size": batch_size, "width": width}.items():
@@ -861,15 +851,13 @@ def train_generator(encoder: nn.Module, dataset, layer, *, epochs: int = 30, bat
     generator, discriminator = Generator(codes.shape[1], channels, size, width), _discriminator(channels, size)
     settings = dict(layer=str(layer), epochs=epochs, batch_size=batch_size, lr=lr, image_weight=image_weight,
                     feature_weight=feature_weight, adversarial_weight=adversarial_weight, seed=seed)
-    key = _fingerprint(images, *encoder.state_dict().values(),
-                       text=repr(generator) + repr(discriminator) + repr(sorted(settings.items())))
-    path = cache_dir() / f"Generator-{key}.pt"
+    key = cache_key(images, *encoder.state_dict().values(),
+                    text=repr(generator) + repr(discriminator) + repr(sorted(settings.items())))
     generator.code_mean.copy_(codes.mean(0))
     generator.code_low.copy_(codes.min(0).values)
     generator.code_high.copy_(codes.max(0).values)
     generator.to(device)
-    if cache and path.exists():
-        generator.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+    if cache and load_cached(generator, "Generator", key):
         return generator.eval()
 
     with torch.random.fork_rng(devices=[]):
@@ -909,10 +897,7 @@ def train_generator(encoder: nn.Module, dataset, layer, *, epochs: int = 30, bat
     bar.close()
     generator.eval()
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save(generator.state_dict(), temporary)
-        temporary.replace(path)
+        save_cached(generator, "Generator", key)
     return generator
 
 

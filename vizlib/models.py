@@ -27,6 +27,9 @@ __all__ = [
     "train",
     "accuracy",
     "cache_dir",
+    "cache_key",
+    "load_cached",
+    "save_cached",
     "load_torchvision",
 ]
 
@@ -244,12 +247,32 @@ def _images_and_labels(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return images, labels.long()
 
 
-def _training_key(model: nn.Module, images, labels, **settings) -> str:
-    digest = hashlib.sha256(repr(model).encode())
-    digest.update(repr(sorted(settings.items())).encode())
-    digest.update(images.detach().cpu().contiguous().numpy().tobytes())
-    digest.update(labels.cpu().numpy().tobytes())
+def cache_key(*tensors: torch.Tensor, text: str) -> str:
+    """A short hash of `text` (architecture, settings) and of the bytes of `tensors` (data, weights)."""
+    digest = hashlib.sha256(text.encode())
+    for tensor in tensors:
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def load_cached(module: nn.Module, name: str, key: str) -> bool:
+    """Load ``cache_dir()/{name}-{key}.pt`` into `module` (on its device); False if it is not there."""
+    path = cache_dir() / f"{name}-{key}.pt"
+    if not path.exists():
+        return False
+    device = next(module.parameters()).device
+    module.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+    return True
+
+
+def save_cached(module: nn.Module, name: str, key: str) -> None:
+    """Save `module`'s weights as ``cache_dir()/{name}-{key}.pt``, atomically: a process training
+    the same net at the same time never reads half a file."""
+    path = cache_dir() / f"{name}-{key}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(module.state_dict(), temporary)
+    temporary.replace(path)
 
 
 def _reset_parameters(model: nn.Module) -> None:
@@ -275,10 +298,9 @@ def train(model: nn.Module, dataset, *, epochs: int = 6, batch_size: int = 64, m
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}: expected a positive int, got {value!r}")
     settings = dict(epochs=epochs, batch_size=batch_size, max_lr=max_lr, weight_decay=weight_decay, seed=seed)
-    path = cache_dir() / f"{type(model).__name__}-{_training_key(model, images, labels, **settings)}.pt"
+    key = cache_key(images, labels, text=repr(model) + repr(sorted(settings.items())))
     device = next(model.parameters()).device
-    if cache and path.exists():
-        model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+    if cache and load_cached(model, type(model).__name__, key):
         return model.eval()
 
     generator = torch.Generator().manual_seed(seed)
@@ -302,10 +324,7 @@ def train(model: nn.Module, dataset, *, epochs: int = 6, batch_size: int = 64, m
     bar.close()
     model.eval()
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save(model.state_dict(), temporary)
-        temporary.replace(path)
+        save_cached(model, type(model).__name__, key)
     return model
 
 
