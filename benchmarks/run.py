@@ -24,6 +24,9 @@ FAMILIES = {
     "backprop": "Gradients vs Captum",
     "lrp": "Relevance propagation vs Captum LRP / DeepLift",
     "cam": "Class activation maps vs Captum",
+    "maximization": "Activation maximization vs the raw forward+backward / torch-lucent",
+    "surrogate": "LIME and SHAP vs Captum Lime / KernelShap / ShapleyValueSampling",
+    "robustness": "Attacks vs Captum FGSM / PGD",
 }
 
 
