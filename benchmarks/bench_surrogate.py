@@ -5,7 +5,7 @@ Every case explains one image cut into a 4×4 grid (M = 16 segments) with the sa
 forward passes on both sides: 64 coalitions for Lime and KernelShap; 4 permutations
 (4 · 16 passes) for ShapleyValueSampling, against Kernel SHAP with 62 coalitions (+3 passes).
 Captum runs at its default perturbations_per_eval=1 and at our batch size; times are per
-explanation.
+explanation, ours and the reference measured in turns.
 """
 import warnings
 
@@ -51,20 +51,27 @@ def rows(model, image, repeats):
                     model(copies[start:start + BATCH])
         return run
 
-    def timed(fn):
-        return timings(fn, repeats, warmup=1)
-
-    lime_times, shap_times = timed(ours_lime), timed(ours_kernel_shap())
-    matched_times = timed(ours_kernel_shap(matched))
-    return [
-        (f"lime vs Captum Lime, ppe=1 (n={SAMPLES})", lime_times, timed(captum(Lime, 1, SAMPLES))),
-        (f"lime vs Captum Lime, ppe={BATCH}", lime_times, timed(captum(Lime, BATCH, SAMPLES))),
-        (f"lime vs raw forward of {SAMPLES + 1}", lime_times, timed(raw_forward(SAMPLES + 1))),
-        ("kernel_shap vs KernelShap, ppe=1", shap_times, timed(captum(KernelShap, 1, SAMPLES))),
-        (f"kernel_shap vs KernelShap, ppe={BATCH}", shap_times, timed(captum(KernelShap, BATCH, SAMPLES))),
-        (f"kernel_shap vs raw forward of {SAMPLES + 3}", shap_times, timed(raw_forward(SAMPLES + 3))),
-        ("kernel_shap vs ShapleyValueSampling, ppe=1", matched_times,
-         timed(captum(ShapleyValueSampling, 1, PERMUTATIONS))),
-        (f"kernel_shap vs ShapleyValueSampling, ppe={BATCH}", matched_times,
-         timed(captum(ShapleyValueSampling, BATCH, PERMUTATIONS))),
+    cases = [
+        (f"lime vs Captum Lime, ppe=1 (n={SAMPLES})", ours_lime, captum(Lime, 1, SAMPLES)),
+        (f"lime vs Captum Lime, ppe={BATCH}", ours_lime, captum(Lime, BATCH, SAMPLES)),
+        (f"lime vs raw forward of {SAMPLES + 1}", ours_lime, raw_forward(SAMPLES + 1)),
+        ("kernel_shap vs KernelShap, ppe=1", ours_kernel_shap(), captum(KernelShap, 1, SAMPLES)),
+        (f"kernel_shap vs KernelShap, ppe={BATCH}", ours_kernel_shap(), captum(KernelShap, BATCH, SAMPLES)),
+        (f"kernel_shap vs raw forward of {SAMPLES + 3}", ours_kernel_shap(), raw_forward(SAMPLES + 3)),
+        ("kernel_shap vs ShapleyValueSampling, ppe=1", ours_kernel_shap(matched),
+         captum(ShapleyValueSampling, 1, PERMUTATIONS)),
+        (f"kernel_shap vs ShapleyValueSampling, ppe={BATCH}", ours_kernel_shap(matched),
+         captum(ShapleyValueSampling, BATCH, PERMUTATIONS)),
     ]
+    return [(name, *alternating(ours, reference, repeats)) for name, ours, reference in cases]
+
+
+def alternating(ours, reference, repeats):
+    """Times of `ours` and `reference`, run in turns (after one warm-up each), so that a load that
+    changes during the benchmark slows both sides alike."""
+    ours(), reference()
+    times = ([], [])
+    for _ in range(repeats):
+        for fn, kept in zip((ours, reference), times):
+            kept.extend(timings(fn, 1, warmup=0))
+    return times

@@ -257,16 +257,22 @@ def test_surrogates_do_not_depend_on_batch_size_and_treat_the_module_as_a_black_
     torch.testing.assert_close(black_box.weights, whole.weights, rtol=1e-5, atol=1e-7)
 
 
-def test_lime_is_less_stable_across_seeds_with_fewer_samples(net, images):
+def test_lime_is_less_stable_across_seeds_than_kernel_shap_at_100_1000_and_5000_samples(net, images):
+    # The survey's claim that LIME is unstable, measured: the rank correlation of the weights between
+    # three seeds, for both methods on the same game (the logit of class 1 on a 4×4 grid).
     segments = grid_segments(32, 32, 4)
 
-    def agreement(n):
-        runs = [lime(net, images[:1], 1, segments=segments, n_samples=n, seed=seed).weights[0] for seed in range(3)]
+    def agreement(method, n):
+        runs = [method(net, images[:1], 1, segments=segments, n_samples=n, softmax=False, seed=seed,
+                       batch_size=512).weights[0] for seed in range(3)]
         return np.mean([spearmanr(a, b).statistic for a, b in itertools.combinations(runs, 2)])
 
-    few, many = agreement(40), agreement(1000)
-    print(f"LIME rank correlation between seeds: {few:.2f} at 40 samples, {many:.2f} at 1000")
-    assert many > few and many > 0.9
+    budgets = (100, 1000, 5000)
+    stability = {method.__name__: [agreement(method, n) for n in budgets] for method in (lime, kernel_shap)}
+    print("rank correlation between seeds at", budgets, stability)
+    assert stability["lime"][0] < stability["lime"][1] <= stability["lime"][2]   # more samples, more stable
+    assert stability["kernel_shap"][0] >= stability["lime"][0]                   # paired, stratified draws
+    assert min(stability["lime"][2], stability["kernel_shap"][2]) > 0.99
 
 
 def test_per_image_segment_maps(net, images):
