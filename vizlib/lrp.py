@@ -109,8 +109,10 @@ def _ratio(z: torch.Tensor, denominator: torch.Tensor, stabilizer: float) -> tor
     """z / s(d), s(d) = d + stabilizer · sign(d) with sign(0) = +1 (zennit's and Captum's
     stabilizer); 0 where s(d) is exactly 0, which happens only with stabilizer 0 where z = 0 too."""
     denominator = denominator.detach()
-    stabilized = denominator + stabilizer * torch.where(denominator >= 0, 1.0, -1.0)
-    return z.detach() / stabilized.masked_fill(stabilized == 0, 1.0)
+    stabilized = denominator + torch.where(denominator >= 0, stabilizer, -stabilizer)
+    if stabilizer == 0:
+        stabilized = stabilized.masked_fill(stabilized == 0, 1.0)
+    return z.detach() / stabilized
 
 
 def _positive(tensor: torch.Tensor) -> torch.Tensor:
@@ -134,11 +136,16 @@ def _epsilon_output(z: torch.Tensor, epsilon: float) -> torch.Tensor:
     """ε rule (Eq. 14–17 with a stabilizer): z' = z, s = z + ε sign(z); ε = 0 is LRP-0.
 
     W' = W, so the layer's own backward pass is the rule once the arriving gradient is scaled by
-    z / s(z): a hook does that on z, and a view of z goes on, which keeps the relevance of the
-    output tensor (z ⊙ its gradient) unscaled. No extra pass over the activations is needed.
+    z / s(z) = |z| / (|z| + ε): a hook does that on z, and a view of z goes on, which keeps the
+    relevance of the output tensor (z ⊙ its gradient) unscaled. No extra pass over the activations
+    is needed.
     """
     if z.requires_grad:
-        ratio = _ratio(z, z, epsilon)
+        if epsilon > 0:
+            magnitude = z.detach().abs()
+            ratio = magnitude.div_(magnitude + epsilon)
+        else:
+            ratio = _ratio(z, z, epsilon)
         z.register_hook(lambda gradient: gradient * ratio)
     return z.view_as(z)
 
@@ -312,7 +319,8 @@ class _ClippedPassThrough(torch.autograd.Function):
     def backward(ctx, gradient):
         inputs, outputs = ctx.saved_tensors
         # outputs is 0 wherever inputs <= 0, so the clamp below only avoids 0 / 0.
-        return gradient * outputs / inputs.clamp(min=torch.finfo(inputs.dtype).tiny), None, None
+        scale = outputs / inputs.clamp(min=torch.finfo(inputs.dtype).tiny)
+        return scale.mul_(gradient), None, None
 
 
 class _StabilizedPool(nn.Module):
