@@ -819,7 +819,7 @@ def _discriminator(in_channels: int, size: int) -> nn.Module:
 
 
 def train_generator(encoder: nn.Module, dataset, layer, *, epochs: int = 10, batch_size: int = 64,
-                    lr: float = 2e-3, image_weight: float = 1.0, feature_weight: float = 1.0,
+                    lr: float = 2e-3, image_weight: float = 20.0, feature_weight: float = 1.0,
                     adversarial_weight: float = 0.02, width: int = 16, seed: int = 0, cache: bool = True,
                     progress: bool = True) -> Generator:
     """Train DGN-AM's generator (Nguyen et al., 2016; Dosovitskiy & Brox, 2016); survey Eq. (32)–(33).
@@ -834,6 +834,11 @@ def train_generator(encoder: nn.Module, dataset, layer, *, epochs: int = 10, bat
     λ_adv = `adversarial_weight`). `dataset` has images in [0, 1] (e.g. `data.digits()`); labels
     are not used. The encoder is frozen and left unchanged. Deterministic under `seed`, and cached
     under `models.cache_dir()` keyed by a hash of the encoder's weights, the data and the settings.
+
+    The defaults suit `data.digits(28)` with a small GAPNet as encoder (the chapter's): with
+    λ₁ = 1 the feature term wins and G draws one blob that merely matches the codes (held-out
+    reconstruction MSE 0.050); λ₁ = 20 gives recognizable digits (0.013). Ten epochs take about
+    10 s on one CPU core.
     """
     from tqdm import tqdm
 
