@@ -126,10 +126,9 @@ def _negative(tensor: torch.Tensor) -> torch.Tensor:
 def _signed_parts(layer, a, weight_of_positive, weight_of_negative, bias):
     """Σ_i a_i⁺ w_i + Σ_i a_i⁻ w'_i + b: inputs split by sign, each with its own weights; the
     negative inputs are skipped where there are none (after a ReLU)."""
-    z = layer.affine(_positive(a), weight_of_positive, bias)
-    if (a < 0).any():
-        z = z + layer.affine(_negative(a), weight_of_negative, None)
-    return z
+    if not (a < 0).any():
+        return layer.affine(a, weight_of_positive, bias)
+    return layer.affine(_positive(a), weight_of_positive, bias) + layer.affine(_negative(a), weight_of_negative, None)
 
 
 def _epsilon_output(z: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -175,7 +174,9 @@ def _alpha_beta_path(layer, a, z, options):
         modified = layer.affine(a, _positive(weight), bias)
         return modified * _ratio(z, modified, stabilizer)
     positive = _signed_parts(layer, a, _positive(weight), _negative(weight), _positive(bias))
-    path = alpha * positive * _ratio(z, positive, stabilizer)
+    path = positive * _ratio(z, positive, stabilizer)
+    if alpha != 1:
+        path = alpha * path
     if beta:
         negative = _signed_parts(layer, a, _negative(weight), _positive(weight), _negative(bias))
         path = path - beta * negative * _ratio(z, negative, stabilizer)
