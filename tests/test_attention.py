@@ -159,6 +159,14 @@ def test_attention_maps_lists_every_module_with_its_shapes(small_cbam_net):
     assert maps["features.stage2.attention"]["spatial"].shape == (3, 1, 8, 8)
 
 
+def test_a_strided_stem_halves_every_mask():
+    net = attention.AttentionNet("cbam", widths=(4, 8), stem_stride=2).eval()
+    maps = attention.attention_maps(net, torch.zeros(2, 3, 16, 16))
+    assert [m["spatial"].shape for m in maps.values()] == [(2, 1, 8, 8), (2, 1, 4, 4)]
+    with pytest.raises(ValueError, match="stem_stride"):
+        attention.AttentionNet(stem_stride=3)
+
+
 def test_attention_maps_leaves_no_hooks_no_tensors_and_the_modes(small_cbam_net):
     net = small_cbam_net.train()
     before = ({k: v.clone() for k, v in net.state_dict().items()}, [m.training for m in net.modules()])

@@ -230,8 +230,9 @@ ATTENTION = ("se", "cbam")
 class AttentionNet(nn.Module):
     """A small residual net with an attention module in each stage, for the shapes set.
 
-    stem (3×3 conv-BN-ReLU) → one `ResidualBlock` per width, the first at full resolution, each
-    later one halving it → global average pooling → linear. With ``attention=None`` the blocks
+    stem (3×3 conv-BN-ReLU of stride `stem_stride`) → one `ResidualBlock` per width, the first at
+    the stem's resolution, each later one halving it → global average pooling → linear. A stem
+    stride of 2 quarters the cost of every later layer (and puts the masks on a grid half as fine). With ``attention=None`` the blocks
     have no attention (the baseline), with "se" a `SqueezeExcitation`, with "cbam" a `CBAM` of
     the given `reduction` (and `kernel_size`). Layers: ``features`` (stem, stage1, stage2, ...;
     the attention modules are ``features.stage<i>.attention``), ``pool``, ``fc``; ``features``
@@ -239,15 +240,17 @@ class AttentionNet(nn.Module):
     """
 
     def __init__(self, attention: str | None = None, *, widths=(16, 32, 64), reduction: int = 4,
-                 kernel_size: int = 7, in_channels: int = 3, num_classes: int = 4):
+                 kernel_size: int = 7, stem_stride: int = 1, in_channels: int = 3, num_classes: int = 4):
         super().__init__()
         if attention is not None and attention not in ATTENTION:
             raise ValueError(f"attention: expected None, 'se' or 'cbam', got {attention!r}")
         widths = tuple(widths)
         if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
             raise ValueError(f"widths: expected a non-empty sequence of positive ints, got {widths!r}")
+        if stem_stride not in (1, 2):
+            raise ValueError(f"stem_stride: expected 1 or 2, got {stem_stride!r}")
         self.attention = attention
-        layers = OrderedDict(stem=nn.Sequential(*models.conv_bn_relu(in_channels, widths[0])))
+        layers = OrderedDict(stem=nn.Sequential(*models.conv_bn_relu(in_channels, widths[0], stem_stride)))
         channels = widths[0]
         for i, width in enumerate(widths):
             module = {None: lambda: None, "se": lambda: SqueezeExcitation(width, reduction),
@@ -331,7 +334,8 @@ def train_with_class_attention(helper: nn.Module, classifier: nn.Module, dataset
     """
     images, labels = models._images_and_labels(dataset)
     attended = ClassAttentionNet(helper, classifier, layer=layer, method=method, threshold=threshold, fill=fill)
+    device = next((parameter.device for parameter in helper.parameters()), images.device)
     with preserved(helper):
-        masked = attended.masked(images)
+        masked = attended.masked(images.to(device)).to(images.device)
     models.train(classifier, (masked, labels), **settings)
     return attended.eval()
