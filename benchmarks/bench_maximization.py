@@ -1,7 +1,7 @@
-"""Benchmark rows for the maximization chapter: steps of `maximize` on EfficientNet-Lite0 at 224×224,
-per step, against one raw forward+backward pass (the limit: goal within 1.3×), and ("all": FFT,
-colour decorrelation and the standard transforms) against
-torch-lucent's `render_vis` on the same objective, parameterization, transforms and steps.
+"""Benchmark rows for the maximization chapter: `maximize` on EfficientNet-Lite0 at 224×224, per
+step, against one raw forward+backward pass (the limit; goal: within 1.3×), and with FFT, colour
+decorrelation and the standard transforms ("all") against torch-lucent's `render_vis` on the same
+objective, parameterization, transforms and number of steps.
 
 torch-lucent 0.1.8 pins kornia <= 0.4.1 and is not among the project's dependencies; where it does
 not import, its row says so. To run it: `pip install --no-deps torch-lucent kornia==0.4.1 decorator`
