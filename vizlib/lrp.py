@@ -80,10 +80,9 @@ def _non_inplace(module: nn.Module) -> nn.Module:
 
 
 def _delta(pair: torch.Tensor) -> torch.Tensor:
-    """For a batch [x; x'] of 2N items: Δ = x − x', repeated for both halves."""
+    """For a batch [x; x'] of 2N items: Δ = x − x' (N items)."""
     inputs, references = pair.chunk(2)
-    difference = inputs - references
-    return torch.cat([difference, difference])
+    return inputs - references
 
 
 def _gather_pooled(values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
@@ -542,8 +541,9 @@ def deep_taylor(model: nn.Module, x: torch.Tensor, target=None, *, input_rule: s
 class _RescaleActivation(nn.Module):
     """An elementwise activation whose gradient is DeepLIFT's multiplier m = Δy/Δx.
 
-    The batch holds the inputs and their references, [x; x']; both halves get the same multiplier.
-    Where |Δx| < 1e-10 the multiplier is the ordinary derivative (Captum's convention).
+    The batch holds the inputs and their references, [x; x']. Only the first half needs multipliers:
+    the score differentiated is that of x, so no gradient reaches the references, which keep their
+    own. Where |Δx| < 1e-10 the multiplier is the ordinary derivative (Captum's convention).
     """
 
     def __init__(self, activation: nn.Module):
@@ -552,10 +552,12 @@ class _RescaleActivation(nn.Module):
 
     def forward(self, inputs):
         outputs = self.activation(inputs)
+        n = inputs.shape[0] // 2
         delta_in, delta_out = _delta(inputs.detach()), _delta(outputs.detach())
         small = delta_in.abs() < DEEPLIFT_EPS
-        multiplier = delta_out / torch.where(small, torch.ones_like(delta_in), delta_in)
-        return _with_gradient_of(outputs, torch.where(small, outputs, inputs * multiplier))
+        multiplier = delta_out / delta_in.masked_fill(small, 1.0)
+        rescaled = torch.where(small, outputs[:n], inputs[:n] * multiplier)
+        return _with_gradient_of(outputs, torch.cat([rescaled, outputs[n:]]))
 
 
 class _RescaleMaxPool(nn.Module):
@@ -574,7 +576,7 @@ class _RescaleMaxPool(nn.Module):
         n = inputs.shape[0] // 2
         output, reference = outputs.detach().chunk(2)
         top = torch.maximum(output, reference)
-        delta_in = _delta(inputs.detach())[:n]
+        delta_in = _delta(inputs.detach())
         # Where Δx = 0 an input's share is 0 in every window it wins (x_p = x'_p bounds both
         # maxima), so its multiplier may be 0.
         small = delta_in.abs() < DEEPLIFT_EPS
