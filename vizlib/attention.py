@@ -186,10 +186,12 @@ def attention_maps(model: nn.Module, x: torch.Tensor) -> dict[str, dict[str, tor
     eval mode: {module name: {"channel": [N, C]}} for squeeze-excitation and
     {module name: {"channel": [N, C], "spatial": [N, 1, H, W]}} for CBAM, H × W being the
     module's feature map. A module that runs twice reports its last call. The model is left as
-    it was: hooks removed, modes and ``requires_grad`` restored, nothing stored on it.
+    it was: hooks removed, modes restored, nothing stored on it; ``requires_grad`` is not touched,
+    since the pass runs without gradients (flipping it on every parameter would cost more than
+    the hooks).
     """
     x = check_input(x)
-    with preserved(model), recording(model) as modules:
+    with preserved(model, freeze=False), recording(model) as modules:
         model(x)
         maps = {}
         for name, module in modules.items():
