@@ -25,6 +25,7 @@ FAMILIES = {
     "lrp": "Relevance propagation vs Captum LRP / DeepLift",
     "cam": "Class activation maps vs Captum",
     "maximization": "Activation maximization vs the raw forward+backward / torch-lucent",
+    "attention": "Attention modules: training and readout overhead",
     "surrogate": "LIME and SHAP vs Captum Lime / KernelShap / ShapleyValueSampling",
     "robustness": "Attacks vs Captum FGSM / PGD",
 }
