@@ -176,6 +176,12 @@ def test_lrp_zero_on_bias_free_relu_net_is_gradient_times_input(images):
     assert_matches(lrp.lrp(model, images, TARGET, rule="zero"), backprop.input_x_gradient(model, images, TARGET))
 
 
+def test_lrp_zero_on_relu_net_with_biases_is_still_gradient_times_input(images):
+    """R_k = z_k ∂f/∂z_k at one layer gives R_j = a_j ∂f/∂a_j below it, biases or not (Ancona et al., 2018)."""
+    model = PlainVGG().eval()
+    assert_matches(lrp.lrp(model, images, TARGET, rule="zero"), backprop.input_x_gradient(model, images, TARGET))
+
+
 def test_relevance_is_conserved_at_every_layer_of_a_bias_free_net(images):
     model = bias_free(PlainVGG().eval())
     relevance, layers = lrp.lrp(model, images, TARGET, rule="zero", return_layers=True)
