@@ -51,6 +51,9 @@ def rows(model, image, repeats):
             model, x, TARGET, n_samples=STEPS, batch_size=BATCH), raw_forward_backward),
         (f"blur IG, {STEPS} steps, vs raw limit", lambda: backprop.blur_integrated_gradients(
             model, x, TARGET, steps=STEPS, batch_size=BATCH), raw_forward_backward),
+        (f"blur IG vs IG, {STEPS} steps each", lambda: backprop.blur_integrated_gradients(
+            model, x, TARGET, steps=STEPS, batch_size=BATCH), lambda: backprop.integrated_gradients(
+            model, x, TARGET, steps=STEPS, batch_size=BATCH)),
         ("rectified_gradient", lambda: backprop.rectified_gradient(model, x, TARGET), None),
     ]
     return [(name, timings(ours, repeats), timings(reference, repeats) if reference else None)

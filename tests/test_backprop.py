@@ -267,6 +267,17 @@ def test_blur_integrated_gradients_are_complete_against_the_blurred_baseline(ima
     torch.testing.assert_close(attributions.sum(dim=(1, 2, 3)), difference, rtol=1e-2, atol=0)
 
 
+def test_blur_integrated_gradients_do_not_depend_on_how_the_path_is_chunked(images):
+    # Chunks of 3 cut through steps (several images per step), so the reused boundary images must
+    # be looked up per item; each image alone must match too.
+    model = small_net("residual")
+    whole = backprop.blur_integrated_gradients(model, images, 2, max_sigma=10.0, steps=7)
+    torch.testing.assert_close(backprop.blur_integrated_gradients(model, images, 2, max_sigma=10.0, steps=7,
+                                                                  batch_size=3), whole, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(backprop.blur_integrated_gradients(model, images[1:2], 2, max_sigma=10.0, steps=7,
+                                                                  batch_size=2), whole[1:2], rtol=1e-5, atol=1e-7)
+
+
 def test_rectified_gradient_keeps_only_units_above_the_percentile_in_a_one_layer_net():
     torch.manual_seed(0)
     hidden, out = nn.Linear(6, 20), nn.Linear(20, 2)

@@ -407,8 +407,18 @@ def blur_integrated_gradients(model: nn.Module, x: torch.Tensor, target=None, *,
             items = torch.arange(chunk.start, chunk.stop, device=x.device)
             return gaussian_blur(x[items % n], midpoints[items // n])
 
+        # Step k ends where step k + 1 starts: each boundary image γ(σ_k) is blurred once and kept
+        # while the chunks still need it (at most one chunk's steps plus one).
+        boundaries: dict[int, torch.Tensor] = {}
+
         def step_of(items):
-            images = x[items % n]
-            return gaussian_blur(images, sigmas[items // n + 1]) - gaussian_blur(images, sigmas[items // n])
+            steps_here = (items // n).tolist()
+            for index in [k for k in list(boundaries) if k < steps_here[0]]:
+                del boundaries[index]
+            for index in range(steps_here[0], steps_here[-1] + 2):
+                if index not in boundaries:
+                    boundaries[index] = gaussian_blur(x, sigmas[index])
+            return torch.stack([boundaries[k + 1][i] - boundaries[k][i]
+                                for k, i in zip(steps_here, (items % n).tolist())])
 
         return _path_gradient_sum(model, n, midpoints, point_items, target, batch_size, step_of)
