@@ -1,9 +1,11 @@
 """Benchmark rows for the perturbation chapter: occlusion and leave-one-out against Captum.
 
 Every case explains one image with 25 perturbed copies (an 80-pixel window at stride 36, or a 5×5
-grid), so a row costs 26 forward passes; times are per explanation.
+grid), so a row costs 26 forward passes; times are per explanation. One row compares
+`batch_size="auto"` with the best fixed batch size on this machine (goal: within 1.05×).
 """
 import math
+import statistics
 
 import torch
 from captum.attr import FeatureAblation, Occlusion
@@ -47,7 +49,11 @@ def rows(model, image, repeats):
         return timings(fn, repeats, warmup=1)
 
     ours, ours_segments = timed(ours_occlusion), timed(ours_leave_one_out)
+    # batch_size="auto" against the best of the fixed sizes it could have picked, all measured here.
+    fixed = {size: timed(lambda size=size: ours_occlusion(size)) for size in (1, 4, 16, 64)}
+    best = min(fixed, key=lambda size: statistics.median(fixed[size]))
     return [
+        (f"occlusion auto vs best fixed ({best})", timed(lambda: ours_occlusion("auto")), fixed[best]),
         ("occlusion vs Captum, ppe=1", ours, timed(theirs_occlusion(1))),
         ("occlusion, batch 1 vs Captum, ppe=1", timed(lambda: ours_occlusion(1)), timed(theirs_occlusion(1))),
         (f"occlusion vs Captum, ppe={PERTURBED}", ours, timed(theirs_occlusion(PERTURBED))),

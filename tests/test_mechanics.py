@@ -4,6 +4,7 @@ import torch
 import torchvision
 from torch import nn
 
+from vizlib import mechanics
 from vizlib.mechanics import (activations, batches, capture, check_input, check_target, device, hook_count, preserved,
                               resolve_layer, scores_in_batches, swapped)
 
@@ -245,3 +246,61 @@ def test_preserved_passes_a_black_box_callable_through():
 
     with preserved(black_box) as model:
         assert model is black_box
+
+
+# --- batch_size="auto" ---------------------------------------------------------------------------
+
+class _CountingNet(nn.Module):
+    """A conv net that counts its forward calls and the batch sizes it saw."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+        self.calls: list[int] = []
+
+    def forward(self, x):
+        self.calls.append(len(x))
+        return self.fc(self.conv(x).mean(dim=(2, 3)))
+
+
+def test_auto_batch_size_picks_a_candidate_and_measures_only_once():
+    net = _CountingNet().eval()
+    example = torch.rand(3, 8, 8)
+    chosen = mechanics.auto_batch_size(net, example)
+    assert chosen in mechanics.AUTO_BATCH_CANDIDATES
+    measured = len(net.calls)
+    assert measured >= 2                           # two timed calls per size tried
+    assert mechanics.auto_batch_size(net, example[None]) == chosen
+    assert len(net.calls) == measured              # cached: no second measurement
+    assert net.training is False
+
+
+def test_auto_batch_size_is_measured_again_for_another_input_shape():
+    net = _CountingNet().eval()
+    mechanics.auto_batch_size(net, torch.rand(3, 8, 8))
+    measured = len(net.calls)
+    mechanics.auto_batch_size(net, torch.rand(3, 12, 12))
+    assert len(net.calls) > measured
+
+
+def test_scores_in_batches_with_auto_equal_explicit_batches_and_use_the_chosen_size():
+    net = _CountingNet().eval()
+    inputs = torch.rand(50, 3, 8, 8)
+    target = torch.randint(0, 3, (50,))
+    explicit = mechanics.scores_in_batches(net, 50, lambda chunk: inputs[chunk], target, batch_size=7)
+    net.calls.clear()
+    auto = mechanics.scores_in_batches(net, 50, lambda chunk: inputs[chunk], target, batch_size="auto")
+    torch.testing.assert_close(auto, explicit)
+    chosen = mechanics.auto_batch_size(net, inputs[0])
+    chunks = -(-50 // chosen)
+    scored = net.calls[-chunks:]                     # the scoring calls come after the measurement
+    assert scored == [chosen] * (50 // chosen) + ([50 % chosen] if 50 % chosen else [])
+
+
+def test_a_wrong_batch_size_is_named_in_the_error():
+    net = _CountingNet().eval()
+    for wrong in (0, -3, 2.5, "fast", True):
+        with pytest.raises(ValueError, match="batch_size"):
+            mechanics.scores_in_batches(net, 4, lambda chunk: torch.rand(chunk.stop - chunk.start, 3, 8, 8),
+                                        torch.zeros(4, dtype=torch.long), batch_size=wrong)

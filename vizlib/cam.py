@@ -269,7 +269,7 @@ def grad_cam_plus_plus(model: nn.Module, x: torch.Tensor, target=None, *, layer,
 
 
 def score_cam_weights(model: nn.Module, x: torch.Tensor, target=None, *, layer, baseline: torch.Tensor | None = None,
-                      batch_size: int | None = 64, progress: bool = False):
+                      batch_size: int | str | None = "auto", progress: bool = False):
     """Score-CAM's channel weights [N, C] (Wang et al., 2020, Eq. 5): how much each channel, used as
     a mask on the image, raises the softmax probability of the target class above a baseline:
 
@@ -307,7 +307,7 @@ def _score_increases(model, x, seen: _Pass, baseline, batch_size, progress) -> l
 
 
 def score_cam(model: nn.Module, x: torch.Tensor, target=None, *, layer, baseline: torch.Tensor | None = None,
-              batch_size: int | None = 64, relu: bool = True, size="input", interpolation: str = "bilinear",
+              batch_size: int | str | None = "auto", relu: bool = True, size="input", interpolation: str = "bilinear",
               normalize: bool = False, progress: bool = False):
     """Score-CAM (Wang et al., 2020); survey §2.1.3 item 2 after Eq. (30), Fig. 20.
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -23,6 +24,8 @@ __all__ = [
     "check_input",
     "check_target",
     "batches",
+    "auto_batch_size",
+    "resolve_batch_size",
     "scores_in_batches",
     "device",
     "hook_count",
@@ -243,6 +246,69 @@ def batches(n: int, batch_size: int | None) -> Iterator[slice]:
         yield slice(start, min(start + step, n))
 
 
+# Batch sizes that `batch_size="auto"` tries, and its choices so far, keyed by
+# (model, input shape, dtype, device): measured once per process.
+AUTO_BATCH_CANDIDATES = (1, 4, 16, 64)
+_AUTO_BATCH_SIZES: dict[tuple, int] = {}
+_AUTO_BATCH_BUDGET_S = 0.5   # stop trying larger batches once one forward takes this long
+
+
+def _is_out_of_memory(error: RuntimeError) -> bool:
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+@torch.no_grad()
+def auto_batch_size(model: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor) -> int:
+    """The batch size with the lowest measured forward time per image for inputs like `example`.
+
+    `example` is one input [C, H, W] (or [1, C, H, W]) on the device where the model runs. The
+    sizes of `AUTO_BATCH_CANDIDATES` are tried in increasing order, each timed on its second call
+    (the first pays for new shapes), until a size runs out of memory, costs more per image than
+    the best so far, or takes longer than half a second. The choice is cached for the process per
+    (model, shape, dtype, device), so only the first call pays. On a 2-core CPU the winner is
+    small; on a GPU it is the largest that fits.
+    """
+    example = example if example.dim() == 4 else example[None]
+    key = (id(model), tuple(example.shape[1:]), example.dtype, example.device)
+    if key in _AUTO_BATCH_SIZES:
+        return _AUTO_BATCH_SIZES[key]
+    synchronize = torch.cuda.synchronize if example.device.type == "cuda" else (lambda: None)
+    per_image: dict[int, float] = {}
+    with preserved(model):
+        for size in AUTO_BATCH_CANDIDATES:
+            batch = example[:1].expand(size, *example.shape[1:]).contiguous()
+            try:
+                seconds = []
+                for _ in range(2):
+                    synchronize()
+                    start = time.perf_counter()
+                    model(batch)
+                    synchronize()
+                    seconds.append(time.perf_counter() - start)
+            except RuntimeError as error:
+                if not _is_out_of_memory(error) or not per_image:
+                    raise
+                break
+            cost = min(seconds) / size
+            worse = per_image and cost > min(per_image.values())
+            per_image[size] = cost
+            if worse or min(seconds) > _AUTO_BATCH_BUDGET_S:
+                break
+    _AUTO_BATCH_SIZES[key] = min(per_image, key=per_image.get)
+    return _AUTO_BATCH_SIZES[key]
+
+
+def resolve_batch_size(batch_size, model: Callable[[torch.Tensor], torch.Tensor],
+                       example: Callable[[], torch.Tensor]) -> int | None:
+    """`batch_size` as given (a positive int or None = all at once), or, for "auto", the
+    `auto_batch_size` of `model` for the input that ``example()`` builds."""
+    if batch_size == "auto":
+        return auto_batch_size(model, example())
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size: expected a positive int, None or \"auto\", got {batch_size!r}")
+    return batch_size
+
+
 @torch.no_grad()
 def scores_in_batches(
     model: Callable[[torch.Tensor], torch.Tensor],
@@ -250,7 +316,7 @@ def scores_in_batches(
     make_batch: Callable[[slice], torch.Tensor],
     target: torch.Tensor,
     *,
-    batch_size: int | None,
+    batch_size: int | str | None,
     softmax: bool = False,
     progress: bool = False,
     description: str | None = None,
@@ -261,10 +327,14 @@ def scores_in_batches(
     bounded by `batch_size` however many perturbed copies a method needs. ``target`` holds one
     class index per input (a LongTensor [n]). `model` may be any callable mapping images to scores
     [M, K]: an nn.Module is run in eval mode and restored afterwards; a black box is just called.
-    With `softmax`, scores are class probabilities instead of raw outputs.
+    With `softmax`, scores are class probabilities instead of raw outputs. ``batch_size="auto"``
+    measures the model's cheapest batch size once (`auto_batch_size`).
     """
     from tqdm.auto import tqdm
 
+    if n == 0:
+        return torch.empty(0)
+    batch_size = resolve_batch_size(batch_size, model, lambda: make_batch(slice(0, 1)))
     scores = []
     with preserved(model), tqdm(total=n, disable=not progress, desc=description, leave=False) as bar:
         for chunk in batches(n, batch_size):

@@ -2,9 +2,9 @@
 
 Survey §2.1.1. Occlusion, leave-one-out, RISE and prediction difference analysis treat the model as a
 black box: `model` may be any callable mapping images [M, C, H, W] to scores [M, K], with no modules,
-hooks or gradients. The
-perturbed copies are generated chunk by chunk and forwarded `batch_size` at a time
-(`mechanics.scores_in_batches`), so memory stays bounded however many copies a method needs.
+hooks or gradients. The perturbed copies are generated chunk by chunk and forwarded `batch_size`
+at a time (`mechanics.scores_in_batches`), so memory stays bounded however many copies a method
+needs; the default "auto" measures the model's cheapest batch size once per process.
 Meaningful perturbation learns its mask by gradient descent, so it needs a differentiable model.
 Chapter: book/01_perturbation.
 """
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import BLACK, MID_GREY, gaussian_blur
-from .mechanics import batches, check_input, check_target, preserved, scores_in_batches
+from .mechanics import batches, check_input, check_target, preserved, resolve_batch_size, scores_in_batches
 
 __all__ = [
     "FILLS",
@@ -119,7 +119,7 @@ def _pair(value, name: str) -> tuple[int, int]:
 
 
 def occlusion(model, x: torch.Tensor, target=None, *, window=(16, 16), stride=8, baseline=0.0,
-              batch_size: int | None = 64, seed: int = 0, progress: bool = False) -> torch.Tensor:
+              batch_size: int | str | None = "auto", seed: int = 0, progress: bool = False) -> torch.Tensor:
     """Occlusion (Zeiler & Fergus, 2014); survey §2.1.1, item 1 (simple perturbation).
 
     A window of `window` = (h, w) pixels, covering all channels, slides over the image with
@@ -183,7 +183,8 @@ def _check_segments(segments, x: torch.Tensor) -> torch.Tensor:
     return segments.long().expand(n, -1, -1)
 
 
-def leave_one_out(model, x: torch.Tensor, target=None, *, segments, baseline=0.0, batch_size: int | None = 64,
+def leave_one_out(model, x: torch.Tensor, target=None, *, segments, baseline=0.0,
+                  batch_size: int | str | None = "auto",
                   seed: int = 0, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Leave-one-out over segments (Robnik-Šikonja & Kononenko, 2008, for features; Li et al., 2016,
     "representation erasure"; seed article 002 for images); survey §2.1.1, item 1.
@@ -288,7 +289,8 @@ def rise_masks(n_masks: int, size: tuple[int, int], *, cell: int, p: float,
 
 
 def rise(model, x: torch.Tensor, target=None, *, n_masks: int = 1000, cell: int = 7, p: float = 0.5,
-         seed: int = 0, batch_size: int | None = 64, softmax: bool = False, progress: bool = False) -> torch.Tensor:
+         seed: int = 0, batch_size: int | str | None = "auto", softmax: bool = False,
+         progress: bool = False) -> torch.Tensor:
     """RISE (Petsiuk et al., 2018); survey §2.1.1, item 1, ref. [43] and Fig. 6.
 
     With random soft masks M_i (`rise_masks`) kept with probability p, the saliency is the
@@ -317,6 +319,7 @@ def rise(model, x: torch.Tensor, target=None, *, n_masks: int = 1000, cell: int 
         first, last = chunk.start // n, (chunk.stop - 1) // n
         return x[index % n] * masks(slice(first, last + 1))[index // n - first].to(x)
 
+    batch_size = resolve_batch_size(batch_size, model, lambda: masked(slice(0, 1)))
     scores = scores_in_batches(model, n_masks * n, masked, target.repeat(n_masks), batch_size=batch_size,
                                softmax=softmax, progress=progress, description="RISE")
     weights = scores.view(n_masks, n).to(x)
@@ -350,7 +353,7 @@ def _patch_gaussian(reference: torch.Tensor, frame: tuple[int, int]) -> tuple[to
 
 def prediction_difference(model, x: torch.Tensor, target=None, *, window=10, padding: int = 4, stride=1,
                           samples: int = 10, sampling: str = "conditional", reference: torch.Tensor | None = None,
-                          batch_size: int | None = 64, seed: int = 0, progress: bool = False) -> torch.Tensor:
+                          batch_size: int | str | None = "auto", seed: int = 0, progress: bool = False) -> torch.Tensor:
     """Prediction difference analysis (Zintgraf et al., 2017); survey §2.1.1, item 1.
 
     A window x_w of `window` = (h, w) pixels (all channels) is removed by marginalising it out:
