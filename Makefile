@@ -14,7 +14,7 @@ EXECUTED := _build/executed
 # default: not faster on the 2-core machine (each worker's start-up; torch already uses both cores).
 NOTEBOOK_JOBS ?=
 
-.PHONY: venv test unit notebooks strip-check build-book book lab bench clean
+.PHONY: venv test unit notebooks strip-check build-book book lab bench leaderboard clean
 
 venv: $(STAMP)
 
@@ -53,6 +53,10 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+# The evaluation chapter's full leaderboard, written to benchmarks/leaderboard.md (the chapter shows it).
+leaderboard: $(STAMP)
+	$(BIN)/python benchmarks/leaderboard.py --out benchmarks/leaderboard.md
 
 clean:
 	rm -rf _build

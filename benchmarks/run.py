@@ -27,6 +27,7 @@ FAMILIES = {
     "maximization": "Activation maximization vs the raw forward+backward / torch-lucent",
     "attention": "Attention modules: training and readout overhead",
     "surrogate": "LIME and SHAP vs Captum Lime / KernelShap / ShapleyValueSampling",
+    "evaluation": "Evaluation metrics vs the raw forward / Captum infidelity and sensitivity",
     "robustness": "Attacks vs Captum FGSM / PGD",
 }
 
