@@ -34,7 +34,7 @@ import scipy.stats
 import torch
 from torch import nn
 
-from .mechanics import batches, check_input, check_target, preserved, scores_in_batches
+from .mechanics import batches, check_input, check_target, preserved, resolve_batch_size, scores_in_batches
 
 __all__ = [
     "localize",
@@ -273,6 +273,8 @@ def _path(model, x, saliency, target, fractions, baseline, *, insert: bool, soft
         weights = ((removed - low[image]) / (high[image] - low[image])).clamp(0, 1).view(-1, 1, *x.shape[2:])
         return start[image] + weights * (end[image] - start[image])
 
+    # Resolved on the model itself: the recorder keeps every prediction it sees, timing runs included.
+    batch_size = resolve_batch_size(batch_size, model, lambda: make_batch(slice(0, 1)))
     recorder = _Predictions(model)
     with preserved(model):
         scores = scores_in_batches(recorder, len(x) * steps, make_batch, target.repeat_interleave(steps),
@@ -289,7 +291,7 @@ def _fractions(steps: int) -> torch.Tensor:
 
 
 def deletion(model, x: torch.Tensor, saliency, target=None, *, steps: int = 50, baseline=0.0, softmax: bool = True,
-             batch_size: int | None = 64, progress: bool = False) -> Curve:
+             batch_size: int | str | None = "auto", progress: bool = False) -> Curve:
     """Deletion (Petsiuk et al., 2018): the target score as the most salient pixels are replaced by
     `baseline` (a number, a tensor or a fill of `perturbation.fill`), in `steps` equal steps from none
     to all. A faithful map makes the score fall fast: a low `auc` is good. Ties: see `insertion`."""
@@ -298,7 +300,7 @@ def deletion(model, x: torch.Tensor, saliency, target=None, *, steps: int = 50, 
 
 
 def insertion(model, x: torch.Tensor, saliency, target=None, *, steps: int = 50, baseline="blur",
-              softmax: bool = True, batch_size: int | None = 64, progress: bool = False) -> Curve:
+              softmax: bool = True, batch_size: int | str | None = "auto", progress: bool = False) -> Curve:
     """Insertion (Petsiuk et al., 2018): the target score as the most salient pixels of x are pasted
     into the `baseline` image (by default x blurred, σ = 10 px); a high `auc` is good.
 
@@ -310,7 +312,7 @@ def insertion(model, x: torch.Tensor, saliency, target=None, *, steps: int = 50,
 
 
 def keep_top(model, x: torch.Tensor, saliency, target=None, *, fractions=(0.01, 0.05, 0.1, 0.2, 0.5),
-             baseline=0.0, softmax: bool = True, batch_size: int | None = 64) -> Curve:
+             baseline=0.0, softmax: bool = True, batch_size: int | str | None = "auto") -> Curve:
     """The completeness test of the survey's §5.1 (4): keep only the top `fractions` of the evidence
     (the rest replaced by `baseline`) and ask whether the prediction is recovered from the explanation
     alone. `Curve.recovered` [N, S] says whether the kept pixels alone are classified as `target`."""
@@ -325,7 +327,7 @@ def _check_count(value, name: str, minimum: int = 1) -> int:
 
 
 def sensitivity_n(model, x: torch.Tensor, saliency, target=None, *, n: int, samples: int = 100, baseline=0.0,
-                  seed: int = 0, softmax: bool = False, batch_size: int | None = 64) -> torch.Tensor:
+                  seed: int = 0, softmax: bool = False, batch_size: int | str | None = "auto") -> torch.Tensor:
     """Sensitivity-n (Ancona et al., 2018): Pearson's correlation, over `samples` random sets S of `n`
     pixels, between Σ_{p ∈ S} R_p and the drop f_c(x) − f_c(x with S set to `baseline`). 1 for a
     linear model explained by its contributions w ⊙ (x − baseline). [N]."""

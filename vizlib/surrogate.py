@@ -184,7 +184,7 @@ def lime_kernel(masks: torch.Tensor, kernel_width: float = 0.25) -> torch.Tensor
 
 def lime(model, x: torch.Tensor, target=None, *, segments, n_samples: int = 1000, kernel_width: float = 0.25,
          regressor: str = "ridge", alpha: float = 1.0, baseline=0.0, masks=None, softmax: bool = True,
-         seed: int = 0, batch_size: int | None = 64, progress: bool = False) -> SegmentAttribution:
+         seed: int = 0, batch_size: int | str | None = "auto", progress: bool = False) -> SegmentAttribution:
     """LIME (Ribeiro et al., 2016); survey §2.1.6, item 1, Eq. (34)–(36), Fig. 29.
 
     ξ(x) = argmin_g Σ_z π_x(z) (f_c(h_x(z)) − g(z))² + Ω(g),  g(z) = φ_0 + Σ_j φ_j z_j,
@@ -298,7 +298,7 @@ def _constrained_fit(coalitions, gains, sample_weights, total):
 
 
 def kernel_shap(model, x: torch.Tensor, target=None, *, segments, n_samples: int = 2048, baseline=0.0, masks=None,
-                paired: bool = True, softmax: bool = False, seed: int = 0, batch_size: int | None = 64,
+                paired: bool = True, softmax: bool = False, seed: int = 0, batch_size: int | str | None = "auto",
                 progress: bool = False) -> SegmentAttribution:
     """Kernel SHAP (Lundberg & Lee, 2017); survey §2.1.6, item 2, Eq. (37).
 
@@ -359,7 +359,7 @@ def shapley_values(game: torch.Tensor) -> torch.Tensor:
 
 
 def shapley_exact(model, x: torch.Tensor, target=None, *, segments, baseline=0.0, softmax: bool = False,
-                  batch_size: int | None = 64, progress: bool = False) -> SegmentAttribution:
+                  batch_size: int | str | None = "auto", progress: bool = False) -> SegmentAttribution:
     """Exact Shapley values of the segments (`shapley_values`), from all 2^M coalitions
     (M ≤ 16: 2^M forward passes per image). φ_0 = v(∅); Σ_j φ_j = v(1) − v(∅) exactly."""
     x = check_input(x)
@@ -375,7 +375,7 @@ def shapley_exact(model, x: torch.Tensor, target=None, *, segments, baseline=0.0
 
 
 def segment_probe(model, x: torch.Tensor, target=None, *, segments, baseline=0.0, softmax: bool = True,
-                  batch_size: int | None = 64) -> torch.Tensor:
+                  batch_size: int | str | None = "auto") -> torch.Tensor:
     """Each segment shown alone, everything else `baseline`: the target score f_c(h_x(e_j)) per
     segment j, [N, M] (seed article 004's probe of an MNIST net with Felzenszwalb segments).
     `target=None` probes the class predicted for the whole image."""
