@@ -37,14 +37,17 @@ class ResidualNet(nn.Module):
         return self.head(self.blocks(self.stem(x)))
 
 
-def randomized(model):
-    """Random BatchNorm statistics, so that the nets' ReLUs see both signs at every layer."""
+def randomized(model, eps=None):
+    """Random BatchNorm statistics, so that the nets' ReLUs see both signs at every layer; `eps`, when
+    given, replaces every BatchNorm's epsilon."""
     generator = torch.Generator().manual_seed(1)
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.2)
             module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
             module.bias.data.copy_(torch.randn(module.num_features, generator=generator) * 0.2)
+            if eps is not None:
+                module.eps = eps
     return model.eval()
 
 

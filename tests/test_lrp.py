@@ -22,6 +22,8 @@ from zennit.types import AvgPool
 from vizlib import backprop, lrp, models
 from vizlib.mechanics import hook_count
 
+from test_backprop import randomized   # random BatchNorm statistics
+
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning")]
 
 
@@ -57,18 +59,6 @@ class ResidualNet(nn.Module):
 
     def forward(self, x):
         return self.head(self.blocks(self.stem(x)))
-
-
-def randomized(model, eps=None):
-    generator = torch.Generator().manual_seed(1)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.2)
-            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
-            module.bias.data.copy_(torch.randn(module.num_features, generator=generator) * 0.2)
-            if eps is not None:
-                module.eps = eps
-    return model.eval()
 
 
 def state(model):
