@@ -14,7 +14,7 @@ EXECUTED := _build/executed
 # default: not faster on the 2-core machine (each worker's start-up; torch already uses both cores).
 NOTEBOOK_JOBS ?=
 
-.PHONY: venv test unit notebooks strip-check build-book book lab bench leaderboard clean
+.PHONY: venv test unit notebooks strip-check build-book browser chromium book lab explorer bench leaderboard clean
 
 venv: $(STAMP)
 
@@ -25,13 +25,13 @@ $(STAMP): pyproject.toml environment.yml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-test: $(STAMP) strip-check unit notebooks build-book
+test: $(STAMP) strip-check unit notebooks build-book browser
 
 strip-check: $(STAMP)
 	$(BIN)/nbstripout --verify $(NOTEBOOKS)
 
 unit: $(STAMP)
-	MPLBACKEND=Agg $(BIN)/python -m pytest tests
+	MPLBACKEND=Agg $(BIN)/python -m pytest tests --ignore=tests/browser
 
 notebooks: $(STAMP)
 	rm -rf $(EXECUTED)
@@ -44,12 +44,27 @@ build-book: notebooks
 	$(BIN)/python tests/executed_notebooks.py stage $(EXECUTED)
 	$(BIN)/jupyter-book build --all -W -n --keep-going --path-output . $(EXECUTED)
 
+# The browser tests: the book just built, and the explorer app, in headless Chromium.
+browser: build-book chromium
+	$(BIN)/python -m pytest tests/browser
+
+# Debian's Chromium (Playwright's own browser downloads need the internet these machines lack).
+chromium:
+	@command -v chromium >/dev/null || { echo "Chromium is missing: installing Debian's chromium with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
 book: $(STAMP)
 	$(BIN)/jupyter-book build --all .
 	@echo "The book is at $(CURDIR)/_build/html/index.html"
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab book
+
+# The explorer as a Voila app on localhost.
+EXPLORER_PORT ?= 8866
+explorer: $(STAMP)
+	@echo "The explorer: http://localhost:$(EXPLORER_PORT)/ (Ctrl-C stops it)"
+	$(BIN)/voila book/explorer.ipynb --port=$(EXPLORER_PORT) --no-browser --Voila.ip=127.0.0.1
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
