@@ -49,8 +49,8 @@ def main():
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     machine = f"{platform.node()}, {platform.processor() or platform.machine()}, {where}, torch {torch.__version__}"
     text = (f"# Leaderboard\n\nComputed {stamp} on {machine}, {torch.get_num_threads()} threads.\n\n"
-            f"## Shapes ({args.shapes} held-out images, GAPNet)\n\n{on_shapes.to_markdown()}\n\n"
-            f"## Photos ({', '.join(args.photos)}; EfficientNet-Lite0)\n\n{on_photos.to_markdown()}\n")
+            f"## Shapes ({args.shapes} held-out images, GAPNet)\n\n{evaluation.to_markdown(on_shapes)}\n\n"
+            f"## Photos ({', '.join(args.photos)}; EfficientNet-Lite0)\n\n{evaluation.to_markdown(on_photos)}\n")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)

@@ -255,3 +255,25 @@ def test_gaussian_blur_is_scipys_away_from_the_border_and_keeps_constants():
     torch.testing.assert_close(blurred[1], x[1])
     constant = torch.full((1, 1, 9, 9), 3.0)
     torch.testing.assert_close(data.gaussian_blur(constant, 50.0), constant)
+
+
+def test_mosaics_tile_instances_of_the_label_with_their_masks():
+    source = data.shapes(60, seed=2)
+    mosaics = data.mosaics(source, 5, instances=2, seed=1)
+    assert mosaics.images.shape == (5, 3, 128, 128) and mosaics.instance_masks.shape == (5, 2, 128, 128)
+    assert torch.equal(mosaics.masks, mosaics.instance_masks.any(dim=1))
+    for image, label, instances in zip(mosaics.images, mosaics.labels, mosaics.instance_masks):
+        tiles = image.unfold(1, 64, 64).unfold(2, 64, 64).permute(1, 2, 0, 3, 4).reshape(4, 3, 64, 64)
+        sources = [int(((source.images - tile).abs().flatten(1).amax(1) == 0).nonzero()[0]) for tile in tiles]
+        labels = source.labels[sources]
+        assert (labels == label).sum() == 2
+        tile_masks = instances.unfold(1, 64, 64).unfold(2, 64, 64).reshape(2, 4, 64, 64)
+        for k in range(2):
+            owner = int(tile_masks[k].flatten(1).any(1).nonzero()[0])
+            assert labels[owner] == label and torch.equal(tile_masks[k, owner], source.masks[sources[owner]])
+    assert not (mosaics.instance_masks[:, 0] & mosaics.instance_masks[:, 1]).any()
+    assert torch.equal(data.mosaics(source, 5, instances=2, seed=1).images, mosaics.images)
+    with pytest.raises(ValueError, match="too few"):
+        data.mosaics(data.shapes(8, seed=2), 5, instances=3)
+    with pytest.raises(ValueError, match="instances"):
+        data.mosaics(source, 2, instances=5)

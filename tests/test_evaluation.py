@@ -1,4 +1,5 @@
 """Weakly supervised localization: threshold → largest region → box → IoU, on hand-made maps."""
+import numpy as np
 import pytest
 import torch
 
@@ -364,17 +365,87 @@ def test_leaderboard_scores_methods_and_counts_their_passes():
 
     torch.manual_seed(0)
     net = models.GAPNet(widths=(8, 8)).eval()
-    shapes = data.shapes(4, seed=3)
+    shapes = data.shapes(6, seed=3)
     board = evaluation.leaderboard(["gradient", "grad-cam"], shapes, ["pointing game", "relevance mass",
                                                                       "deletion AUC"],
                                    model=net, setting="shapes", batch_size=2)
-    assert [row["method"] for row in board.rows] == ["gradient", "grad-cam"]
-    gradient = board.rows[0]
+    assert list(board.index) == ["gradient", "grad-cam"]
+    gradient = board.loc["gradient"]
     assert gradient["forwards / image"] == 1 and gradient["backwards / image"] == 1
     maps = backprop.gradient(net, shapes.images, shapes.labels)
     expected = relevance_mass(maps, shapes.masks).double()
     assert gradient["relevance mass"] == pytest.approx(expected.mean().item(), rel=1e-6)
     assert gradient["relevance mass sd"] == pytest.approx(expected.std().item(), rel=1e-6)
-    assert "| gradient | backprop | 2.1.2.1 |" in board.to_markdown()
+    assert "| gradient | backprop | 2.1.2.1 |" in evaluation.to_markdown(board)
+    by_class = evaluation.leaderboard(["gradient"], shapes, ["relevance mass"], model=net, setting="shapes",
+                                      average="classes")
+    per_class = torch.stack([expected[shapes.labels == c].mean() for c in shapes.labels.unique()])
+    assert by_class.loc["gradient", "relevance mass"] == pytest.approx(per_class.mean().item(), rel=1e-6)
     with pytest.raises(KeyError, match="metrics"):
         evaluation.leaderboard(["gradient"], shapes, ["accuracy"], model=net, setting="shapes")
+    with pytest.raises(ValueError, match="average"):
+        evaluation.leaderboard(["gradient"], shapes, ["relevance mass"], model=net, setting="shapes",
+                               average="pixels")
+
+
+def test_leaderboard_scores_multiple_objects_on_mosaics():
+    from vizlib import models
+
+    torch.manual_seed(0)
+    net = models.GAPNet(widths=(8, 8)).eval()
+    mosaics = data.mosaics(data.shapes(40, seed=3), 3, instances=2)
+    board = evaluation.leaderboard(["grad-cam"], mosaics, ["multiple objects"], model=net, setting="shapes")
+    maps = registry.method("grad-cam")(net, mosaics.images, mosaics.labels)
+    assert maps.shape[-2:] == (128, 128)
+    expected = evaluation.multiple_objects(maps, mosaics.instance_masks).double()
+    assert board.loc["grad-cam", "multiple objects"] == pytest.approx(expected.mean().item(), rel=1e-6)
+
+
+def test_class_mean_weighs_every_class_the_same():
+    values = torch.tensor([1.0, 1.0, 1.0, 0.0])
+    labels = torch.tensor([0, 0, 0, 1])
+    assert evaluation.class_mean(values, labels) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="labels"):
+        evaluation.class_mean(values, labels[:3])
+
+
+def test_instance_peaks_and_multiple_objects_by_hand():
+    maps = torch.zeros(1, 1, 8, 8)
+    maps[0, 0, 1, 1], maps[0, 0, 6, 6], maps[0, 0, 1, 6] = 4.0, 1.0, 3.0
+    instances = torch.zeros(1, 3, 8, 8, dtype=torch.bool)
+    instances[0, 0, :3, :3] = True       # holds the peak 4
+    instances[0, 1, 5:, 5:] = True       # peak 1 = 1/4 of the maximum
+    instances[0, 2, :3, 5:] = True       # peak 3 = 3/4
+    torch.testing.assert_close(evaluation.instance_peaks(maps, instances), torch.tensor([[1.0, 0.25, 0.75]]))
+    assert evaluation.multiple_objects(maps, instances).item() == pytest.approx(2 / 3)
+    assert evaluation.multiple_objects(maps, instances, ratio=0.2).item() == 1.0
+    assert evaluation.multiple_objects(-maps, instances).item() == 0.0
+    with pytest.raises(ValueError, match="ratio"):
+        evaluation.multiple_objects(maps, instances, ratio=0)
+    with pytest.raises(ValueError, match="instance_masks"):
+        evaluation.instance_peaks(maps, instances[0])
+    instances[0, 1] = False
+    with pytest.raises(ValueError, match="empty"):
+        evaluation.instance_peaks(maps, instances)
+
+
+def test_localization_metrics_agree_with_quantus():
+    import quantus
+
+    generator = torch.Generator().manual_seed(0)
+    maps = torch.rand(8, 1, 12, 12, generator=generator)
+    masks = torch.zeros(8, 12, 12, dtype=torch.bool)
+    masks[:, 3:8, 2:9] = True
+    masks[5:] = False
+    masks[5:, :3, :4] = True                          # small objects off the centre
+    maps[:4, 0, 5, 5] = 2.0                           # half the maps peak on the object
+    arguments = dict(x_batch=torch.rand(8, 3, 12, 12, generator=generator).numpy(), y_batch=np.zeros(8, int),
+                     a_batch=maps.numpy(), s_batch=masks[:, None].numpy(), model=None)
+    options = dict(abs=False, normalise=False, disable_warnings=True)
+    hits = quantus.PointingGame(**options)(**arguments)
+    assert evaluation.pointing_game(maps, masks, tolerance=0).tolist() == [bool(h) for h in hits]
+    assert sum(hits) >= 4
+    for ours, theirs in [(relevance_mass, quantus.RelevanceMassAccuracy),
+                         (relevance_rank, quantus.RelevanceRankAccuracy)]:
+        torch.testing.assert_close(ours(maps, masks), torch.tensor(theirs(**options)(**arguments)).float(),
+                                   rtol=1e-6, atol=1e-7)

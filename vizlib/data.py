@@ -37,6 +37,7 @@ __all__ = [
     "normalize",
     "preprocess",
     "shapes",
+    "mosaics",
 ]
 
 # ----------------------------------------------------------------------------
@@ -229,7 +230,8 @@ class ImageSet(torch.utils.data.Dataset):
     masks: bool [N, H, W], the object's pixels. boxes: int64 [N, 4], the
     object's (x0, y0, x1, y1) with x1, y1 exclusive. colors: float32 [N, 3],
     the object's flat colour. shortcut_masks: bool [N, H, W], pixels of a
-    class-correlated watermark that is not part of the object.
+    class-correlated watermark that is not part of the object. instance_masks: bool [N, K, H, W],
+    the pixels of each of K instances of the labelled class (`mosaics`).
     """
 
     images: torch.Tensor
@@ -239,6 +241,7 @@ class ImageSet(torch.utils.data.Dataset):
     boxes: torch.Tensor | None = None
     colors: torch.Tensor | None = None
     shortcut_masks: torch.Tensor | None = None
+    instance_masks: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.images.dim() != 4:
@@ -257,6 +260,11 @@ class ImageSet(torch.utils.data.Dataset):
             value = getattr(self, name)
             if value is not None and tuple(value.shape) != shape:
                 raise ValueError(f"{name} must have shape {list(shape)}, got {list(value.shape)}")
+        instances = self.instance_masks
+        if instances is not None and (instances.dim() != 4 or instances.shape[0] != n
+                                      or tuple(instances.shape[2:]) != (height, width)):
+            raise ValueError(f"instance_masks must have shape [{n}, K, {height}, {width}], "
+                             f"got {list(instances.shape)}")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -345,6 +353,50 @@ def shapes(n: int, size: int = 64, *, seed: int = 0, shortcut: bool = False) -> 
         colors=torch.from_numpy(colors),
         shortcut_masks=None if shortcut_masks is None else torch.from_numpy(shortcut_masks),
     )
+
+
+def mosaics(source: ImageSet, n: int, *, instances: int = 2, seed: int = 0) -> ImageSet:
+    """2 × 2 mosaics of `source` images for the survey's multiple-objects criterion (§3.1.1).
+
+    Each mosaic holds `instances` images of one class (its label) and 4 − `instances` of other
+    classes, in random tiles; `masks` is the union of the labelled class's objects and
+    `instance_masks` [n, instances, 2H, 2W] holds each of them. `source` needs `masks`; an image
+    appears in at most one mosaic, so `source` must hold enough of each class.
+    """
+    if not isinstance(source, ImageSet) or source.masks is None:
+        raise TypeError("source: expected a vizlib.data.ImageSet with masks (e.g. data.shapes)")
+    _check_int(n, "n", minimum=1)
+    _check_int(instances, "instances", minimum=1)
+    _check_int(seed, "seed", minimum=0)
+    if instances > 4:
+        raise ValueError(f"instances: a 2 x 2 mosaic has 4 tiles, got {instances}")
+    rng = np.random.default_rng(seed)
+    unused = {c: list(rng.permutation(np.flatnonzero(source.labels.numpy() == c))) for c in range(len(source.classes))}
+    labels = rng.integers(len(source.classes), size=n)
+    tiles, owners = [], []
+    for label in labels:
+        others = [c for c in unused if c != label]
+        picks = [label] * instances + list(rng.choice(others, size=4 - instances))
+        order = rng.permutation(4)
+        try:
+            tiles.append([unused[picks[k]].pop() for k in order])
+        except IndexError:
+            raise ValueError(f"source: {len(source)} images are too few for {n} mosaics of "
+                             f"{instances} instances") from None
+        owners.append([int(k) < instances for k in order])
+    index = torch.tensor(tiles)
+    height, width = source.images.shape[2:]
+
+    def tile(parts):                        # [n, 4, ..., H, W] → [n, ..., 2H, 2W]
+        top = torch.cat([parts[:, 0], parts[:, 1]], dim=-1)
+        return torch.cat([top, torch.cat([parts[:, 2], parts[:, 3]], dim=-1)], dim=-2)
+
+    owned = torch.tensor(owners)
+    object_masks = source.masks[index] & owned[:, :, None, None]
+    instance_masks = torch.stack([tile(torch.where((owned.cumsum(1) == k + 1)[:, :, None, None] & owned[:, :, None, None],
+                                                   object_masks, False)) for k in range(instances)], dim=1)
+    return ImageSet(images=tile(source.images[index]), labels=torch.from_numpy(labels).long(),
+                    classes=source.classes, masks=instance_masks.any(dim=1), instance_masks=instance_masks)
 
 
 def _tight_boxes(masks: np.ndarray) -> np.ndarray:

@@ -43,6 +43,9 @@ __all__ = [
     "pointing_game",
     "relevance_mass",
     "relevance_rank",
+    "instance_peaks",
+    "multiple_objects",
+    "class_mean",
     "Curve",
     "deletion",
     "insertion",
@@ -55,8 +58,8 @@ __all__ = [
     "model_randomization",
     "data_randomization",
     "map_similarities",
-    "Leaderboard",
     "leaderboard",
+    "to_markdown",
 ]
 
 
@@ -184,6 +187,40 @@ def relevance_rank(saliency, masks: torch.Tensor) -> torch.Tensor:
     ranks = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
     size = masks.flatten(1).sum(dim=1, keepdim=True)
     return ((ranks < size) & masks.flatten(1)).sum(dim=1).float() / size[:, 0].float()
+
+
+def instance_peaks(saliency, instance_masks: torch.Tensor) -> torch.Tensor:
+    """Each instance's share of the map's peak: max of the map on the instance's pixels divided by
+    the map's global maximum, [N, K] for instance masks [N, K, H, W] (`data.mosaics`); 0 for a map
+    without a positive value."""
+    maps = _pixel_maps(saliency)
+    if not isinstance(instance_masks, torch.Tensor) or instance_masks.dim() != 4:
+        raise ValueError("instance_masks: expected a bool tensor [N, K, H, W]")
+    instances = instance_masks.shape[1]
+    masks = _check_masks(instance_masks.transpose(0, 1).flatten(0, 1), maps.repeat(instances, 1, 1),
+                         name="instance_masks")
+    inside = torch.where(masks, maps.repeat(instances, 1, 1), -torch.inf).flatten(1).amax(dim=1)
+    peak = maps.flatten(1).amax(dim=1).repeat(instances)
+    share = torch.where(peak > 0, inside / peak.clamp(min=1e-30), 0).clamp(min=0)
+    return share.reshape(instances, -1).T
+
+
+def multiple_objects(saliency, instance_masks: torch.Tensor, *, ratio: float = 0.5) -> torch.Tensor:
+    """The survey's multiple-objects criterion (§3.1.1) as a number: the share of a class's
+    instances that the map finds, an instance counting as found when its peak reaches `ratio` of
+    the map's maximum (`instance_peaks`). [N]; 1 when every instance is found."""
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
+        raise ValueError(f"ratio: expected a number in (0, 1], got {ratio!r}")
+    return (instance_peaks(saliency, instance_masks) >= ratio).float().mean(dim=1)
+
+
+def class_mean(values: torch.Tensor, labels: torch.Tensor) -> float:
+    """The mean over classes of each class's mean of `values` [N] (labels [N]), as Zhang et al.
+    (2018) average the pointing game: every class counts the same, however many images it has."""
+    values, labels = torch.as_tensor(values).double().reshape(-1), torch.as_tensor(labels).reshape(-1)
+    if values.shape != labels.shape:
+        raise ValueError(f"labels: expected one label per value ({values.numel()}), got {labels.numel()}")
+    return torch.stack([values[labels == c].nanmean() for c in labels.unique()]).nanmean().item()
 
 
 # --- scores along perturbation paths --------------------------------------------------------------
@@ -695,6 +732,7 @@ METRICS: dict[str, Callable[[dict], torch.Tensor]] = {
     "pointing game": _metric_pointing,
     "relevance mass": lambda ctx: relevance_mass(ctx["saliency"], ctx["masks"]),
     "relevance rank": lambda ctx: relevance_rank(ctx["saliency"], ctx["masks"]),
+    "multiple objects": lambda ctx: multiple_objects(ctx["saliency"], ctx["instance_masks"]),
     "localization": _metric_localization,
     "shortcut mass": lambda ctx: relevance_mass(ctx["saliency"], ctx["shortcut_masks"]),
     "deletion AUC": lambda ctx: deletion(ctx["model"], ctx["x"], ctx["saliency"], ctx["target"], steps=16,
@@ -711,55 +749,39 @@ METRICS: dict[str, Callable[[dict], torch.Tensor]] = {
 scaled to the image (15 at 224 px), localization of the positive part, deletion (baseline 0) and
 insertion (blur) in 16 steps of the softmax score, normalized infidelity with Gaussian noise of
 σ = 0.1, max-sensitivity over 3 uniform perturbations of radius 0.02; "shortcut mass" is the
-relevance mass on a data set's `shortcut_masks`."""
+relevance mass on a data set's `shortcut_masks`; "multiple objects" the share of instances found
+(half the map's peak) on `data.mosaics`."""
 
 
-@dataclass
-class Leaderboard:
-    """Rows of `leaderboard`, one per method: {column: value}. `to_markdown()` formats them,
-    `to_dataframe()` gives a pandas DataFrame (pandas needed)."""
+def to_markdown(frame, digits: int = 3) -> str:
+    """A DataFrame of `leaderboard` (or any) as a Markdown table, floats to `digits` significant
+    digits, the index as the first column (for files such as benchmarks/leaderboard.md)."""
+    frame = frame.reset_index() if frame.index.name else frame
 
-    rows: list[dict]
+    def cell(value):
+        return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
-    @property
-    def columns(self) -> list[str]:
-        return list(self.rows[0]) if self.rows else []
-
-    def column(self, name: str) -> list:
-        return [row[name] for row in self.rows]
-
-    def to_markdown(self, digits: int = 3) -> str:
-        def cell(value):
-            return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
-
-        lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
-        lines += ["| " + " | ".join(cell(row[c]) for c in self.columns) + " |" for row in self.rows]
-        return "\n".join(lines)
-
-    def _repr_markdown_(self) -> str:
-        return self.to_markdown()
-
-    def to_dataframe(self):
-        try:
-            import pandas
-        except ImportError:
-            raise ImportError("to_dataframe needs pandas, which is not installed; use to_markdown() or rows") from None
-        return pandas.DataFrame(self.rows).set_index("method")
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
 
 
 def leaderboard(methods, data, metrics, *, model: nn.Module, setting: str, target=None,
-                batch_size: int = 8, progress: bool = False) -> Leaderboard:
+                batch_size: int = 8, average: str = "images", progress: bool = False):
     """Run the named `methods` of `vizlib.registry` over `data` and score each with `metrics`.
 
     `data` is a `vizlib.data.ImageSet` (its masks, boxes and shortcut masks feed the ground-truth
     metrics; the target is its label unless `target` is given) or an image batch [N, C, H, W]
     (the target is the predicted class). `metrics` are names of `METRICS`, or a dict {name:
     function(context) → [N]} where context holds model, x, saliency, target, explain, masks,
-    boxes, shortcut_masks and batch_size. `setting` picks the registry's defaults ("lite0" or
-    "shapes"). Images go through each method `batch_size` at a time. Each row: the method, its
-    family and survey section, every metric's mean and standard deviation over the images, and the
-    cost per image: seconds, forward and backward passes (counted by a hook on `model`).
+    boxes, shortcut_masks, instance_masks and batch_size. `setting` picks the registry's defaults
+    ("lite0" or "shapes"). Images go through each method `batch_size` at a time. Returns a pandas
+    DataFrame indexed by method: its family and survey section, every metric's mean ("images": over
+    the images; "classes": `class_mean` over the targets' classes, Zhang et al.'s protocol) and
+    standard deviation over the images, and the cost per image: seconds, forward and backward
+    passes (counted by a hook on `model`).
     """
+    import pandas
     from tqdm.auto import tqdm
 
     from . import registry
@@ -769,13 +791,15 @@ def leaderboard(methods, data, metrics, *, model: nn.Module, setting: str, targe
         if unknown:
             raise KeyError(f"metrics: unknown {unknown}; known: {', '.join(METRICS)}")
         metrics = {name: METRICS[name] for name in metrics}
+    if average not in ("images", "classes"):
+        raise ValueError(f"average: expected 'images' or 'classes', got {average!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
     x = data.images if hasattr(data, "images") else data
     x = check_input(x).to(next(model.parameters()).device)
     labels = getattr(data, "labels", None)
     target = check_target(target if target is not None else labels, _logits_and_target(model, x, None)[0])
-    truth = {name: getattr(data, name, None) for name in ("masks", "boxes", "shortcut_masks")}
+    truth = {name: getattr(data, name, None) for name in ("masks", "boxes", "shortcut_masks", "instance_masks")}
     rows = []
     for name in tqdm(list(methods), disable=not progress, desc="leaderboard"):
         method = registry.method(name)
@@ -794,10 +818,10 @@ def leaderboard(methods, data, metrics, *, model: nn.Module, setting: str, targe
         context = dict(model=model, x=x, saliency=saliency, target=target, explain=explain, batch_size=64, **truth)
         row = {"method": name, "family": method.family, "section": method.section}
         for metric, function in metrics.items():
-            values = function(context).double()
-            row[metric] = values.nanmean().item()
+            values = function(context).double().cpu()
+            row[metric] = values.nanmean().item() if average == "images" else class_mean(values, target.cpu())
             row[f"{metric} sd"] = values.std().item() if len(values) > 1 else 0.0
         row.update({"s / image": seconds, "forwards / image": counter.forwards / len(x),
                     "backwards / image": counter.backwards / len(x)})
         rows.append(row)
-    return Leaderboard(rows)
+    return pandas.DataFrame(rows).set_index("method")
