@@ -1,7 +1,8 @@
 """vizlib: from-scratch PyTorch implementations of CNN visualization methods.
 
 The companion library of the book "Seeing inside CNNs". Import a family module and call a
-method: ``from vizlib import models, data, viz``.
+method: ``from vizlib import models, data, viz``; or call any method by name through the registry:
+``vizlib.explain(model, x, "grad_cam", target)``, and list them with ``vizlib.methods()``.
 """
 from .mechanics import (activations, capture, check_input, check_target, device, preserved, resolve_layer,
                         scores_in_batches, swapped)
@@ -9,6 +10,8 @@ from .mechanics import (activations, capture, check_input, check_target, device,
 __version__ = "0.1.0"
 
 __all__ = [
+    "explain",
+    "methods",
     "activations",
     "capture",
     "check_input",
@@ -19,3 +22,14 @@ __all__ = [
     "scores_in_batches",
     "swapped",
 ]
+
+
+def __getattr__(name: str):
+    # The registry imports every family module (and, through vizlib.data, scikit-image and
+    # scikit-learn); load it on first use only, so
+    # that ``import vizlib`` stays as cheap as its mechanics.
+    if name in ("explain", "methods"):
+        from . import registry
+
+        return getattr(registry, name)
+    raise AttributeError(f"module 'vizlib' has no attribute {name!r}")
