@@ -371,7 +371,8 @@ def mosaics(source: ImageSet, n: int, *, instances: int = 2, seed: int = 0) -> I
     if instances > 4:
         raise ValueError(f"instances: a 2 x 2 mosaic has 4 tiles, got {instances}")
     rng = np.random.default_rng(seed)
-    unused = {c: list(rng.permutation(np.flatnonzero(source.labels.numpy() == c))) for c in range(len(source.classes))}
+    source_labels = source.labels.numpy()
+    unused = {c: list(rng.permutation(np.flatnonzero(source_labels == c))) for c in range(len(source.classes))}
     labels = rng.integers(len(source.classes), size=n)
     tiles, owners = [], []
     for label in labels:

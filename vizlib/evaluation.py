@@ -217,7 +217,8 @@ def multiple_objects(saliency, instance_masks: torch.Tensor, *, ratio: float = 0
 def class_mean(values: torch.Tensor, labels: torch.Tensor) -> float:
     """The mean over classes of each class's mean of `values` [N] (labels [N]), as Zhang et al.
     (2018) average the pointing game: every class counts the same, however many images it has."""
-    values, labels = torch.as_tensor(values).double().reshape(-1), torch.as_tensor(labels).reshape(-1)
+    values = torch.as_tensor(values).double().reshape(-1)
+    labels = torch.as_tensor(labels, device=values.device).reshape(-1)
     if values.shape != labels.shape:
         raise ValueError(f"labels: expected one label per value ({values.numel()}), got {labels.numel()}")
     return torch.stack([values[labels == c].nanmean() for c in labels.unique()]).nanmean().item()
@@ -818,8 +819,8 @@ def leaderboard(methods, data, metrics, *, model: nn.Module, setting: str, targe
         context = dict(model=model, x=x, saliency=saliency, target=target, explain=explain, batch_size=64, **truth)
         row = {"method": name, "family": method.family, "section": method.section}
         for metric, function in metrics.items():
-            values = function(context).double().cpu()
-            row[metric] = values.nanmean().item() if average == "images" else class_mean(values, target.cpu())
+            values = function(context).double()
+            row[metric] = values.nanmean().item() if average == "images" else class_mean(values, target)
             row[f"{metric} sd"] = values.std().item() if len(values) > 1 else 0.0
         row.update({"s / image": seconds, "forwards / image": counter.forwards / len(x),
                     "backwards / image": counter.backwards / len(x)})

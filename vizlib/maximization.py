@@ -758,9 +758,9 @@ def top_activating_patches(model: nn.Module, images: torch.Tensor, layer, channe
             if maps.dim() != 3:
                 raise ValueError(f"layer: needs a feature map [N, C, H, W], got {tuple(activation.shape)}")
             value, flat = maps.flatten(1).max(1)
-            peaks.append(value.cpu())
-            where.append(torch.stack([flat // maps.shape[2], flat % maps.shape[2]], 1).cpu())
-    peaks, where = torch.cat(peaks), torch.cat(where)
+            peaks.append(value)
+            where.append(torch.stack([flat // maps.shape[2], flat % maps.shape[2]], 1))
+    peaks, where = torch.cat(peaks).cpu(), torch.cat(where).cpu()
     values, indices = peaks.topk(k)
     positions = where[indices]
 
@@ -848,8 +848,8 @@ def train_generator(encoder: nn.Module, dataset, layer, *, epochs: int = 10, bat
         _check_positive(value, name, integer=True)
     device = _model_device(encoder)
     with torch.no_grad():
-        codes = torch.cat([_capture_once(encoder, images[i: i + 256], layer).flatten(1).cpu()
-                           for i in range(0, len(images), 256)])
+        codes = torch.cat([_capture_once(encoder, images[i: i + 256], layer).flatten(1)
+                           for i in range(0, len(images), 256)]).cpu()
     size, channels = images.shape[-1], images.shape[1]
     if images.shape[-2] != size:
         raise ValueError(f"dataset: expected square images, got {tuple(images.shape[-2:])}")

@@ -334,8 +334,8 @@ def accuracy(model: nn.Module, dataset, batch_size: int = 256) -> float:
     images, labels = _images_and_labels(dataset)
     device = next(model.parameters()).device
     with preserved(model):
-        predictions = torch.cat([model(images[i:i + batch_size].to(device)).argmax(1).cpu()
-                                 for i in range(0, len(images), batch_size)])
+        predictions = torch.cat([model(images[i:i + batch_size].to(device)).argmax(1)
+                                 for i in range(0, len(images), batch_size)]).cpu()
     return (predictions == labels).float().mean().item()
 
 
