@@ -14,6 +14,7 @@ import math
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
+import PIL.Image
 import torch
 from matplotlib.figure import Figure
 from torch import nn
@@ -24,19 +25,24 @@ from .explorer import Explorer
 from .mechanics import activations
 
 __all__ = ["layer_sign", "channel_picture", "feature_map_figure", "strongest_channels", "feature_map_explorer",
-           "live_figure", "LiveFigure", "static_grid", "figure_png", "Explorer"]
+           "live_figure", "LiveFigure", "static_grid", "figure_image", "Explorer"]
 
 
 STATIC_DPI = 72          # the book's pages are about 800 px wide; a 9-inch figure fills them
+# Lossy WebP: a figure of gradient or relevance maps is mostly noise, 200-400 kB as a PNG and a
+# tenth of that as WebP at this quality, which looks the same at this size.
+STATIC_QUALITY = 80
 STATIC_MAX_IMAGES = 16   # the full product of the grid up to this many images, else a star
 SLIDER_SAMPLES = 3       # a slider's static values: its minimum, its value and its maximum
 
 
-def figure_png(figure: Figure, dpi: float = STATIC_DPI) -> bytes:
-    """The PNG of `figure`, cropped to its content as the notebook's inline figures are."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-    return buffer.getvalue()
+def figure_image(figure: Figure, dpi: float = STATIC_DPI, quality: int = STATIC_QUALITY) -> bytes:
+    """`figure` as WebP, cropped to its content as the notebook's inline figures are."""
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=dpi, bbox_inches="tight")
+    webp = io.BytesIO()
+    PIL.Image.open(png).convert("RGB").save(webp, format="WEBP", quality=quality, method=6)
+    return webp.getvalue()
 
 
 def control_choices(control: widgets.ValueWidget) -> list[tuple[str, object]]:
@@ -105,7 +111,7 @@ def static_grid(controls: dict[str, widgets.ValueWidget], static, max_images: in
 class LiveFigure(widgets.VBox):
     """Controls above a figure that ``draw(**values)`` recomputes whenever a control changes, and
     its static twin for pages without a kernel: the figures of a grid of control values
-    (`static_grid`), as PNGs in an HTML fragment whose plain controls swap them.
+    (`static_grid`), as WebP images in an HTML fragment whose plain controls swap them.
 
     A kernel's front end shows the widget; its ``text/html`` representation is the twin, which the
     book's HTML build prefers (`nb_mime_priority_overrides` in _config.yml).
@@ -121,28 +127,28 @@ class LiveFigure(widgets.VBox):
         self.output = widgets.Output()
         self.static_points = static_grid(controls, static, max_images)
         first = self.redraw()
-        self.static_pngs = [first] + [self.png(**point) for point in self.static_points[1:]]
+        self.static_images = [first] + [self.image(**point) for point in self.static_points[1:]]
         for control in controls.values():
             control.observe(self.redraw, names="value")
         super().__init__([widgets.HBox(list(controls.values())), self.output])
 
-    def png(self, **values) -> bytes:
+    def image(self, **values) -> bytes:
         figure = self.draw(**values)
         try:
-            return figure_png(figure, self.dpi)
+            return figure_image(figure, self.dpi)
         finally:
             plt.close(figure)
 
     def redraw(self, *_) -> bytes:
-        """Show the figure of the controls' values; returns its static PNG."""
+        """Show the figure of the controls' values; returns its static image."""
         figure = self.draw(**{name: control.value for name, control in self.controls.items()})
         # Set the outputs directly instead of `with output:` capturing: capture races with headless
         # executors (nbclient, used by the book build) and can hang them.
         self.output.outputs = ()
         self.output.append_display_data(figure)
-        png = figure_png(figure, self.dpi)
+        image = figure_image(figure, self.dpi)
         plt.close(figure)
-        return png
+        return image
 
     def static_html(self) -> str:
         """The twin: a <select> per selection control, a range input per slider, one <img>."""
@@ -164,8 +170,8 @@ class LiveFigure(widgets.VBox):
                 options = "".join(f'<option value="{i}"{" selected" if i == start else ""}>'
                                   f'{html.escape(label)}</option>' for i, label in enumerate(labels))
                 inputs.append(f'<label>{caption} <select data-control="{position}">{options}</select></label>')
-        sources = [f"data:image/png;base64,{base64.b64encode(png).decode('ascii')}"
-                   for png in self.static_pngs]
+        sources = [f"data:image/webp;base64,{base64.b64encode(image).decode('ascii')}"
+                   for image in self.static_images]
         # The first image is the <img>'s own source: it is not repeated in the table.
         table = json.dumps({"points": indices, "images": [None] + sources[1:]})
         return (f'<div class="vizlib-static">'

@@ -284,8 +284,8 @@ def test_a_star_twin_moves_the_other_controls_to_a_precomputed_point(page):
     assert len(twin.static_points) == 5          # a star: (red, 2), 2 colours, 2 sizes
     page.set_content(f"<html><body>{twin.static_html()}</body></html>")
     image, colour, size = page.locator("img"), page.locator("select"), page.locator("input")
-    source = {(point["colour"], point["size"]): "data:image/png;base64," + base64.b64encode(png).decode()
-              for point, png in zip(twin.static_points, twin.static_pngs)}
+    source = {(point["colour"], point["size"]): "data:image/webp;base64," + base64.b64encode(image).decode()
+              for point, image in zip(twin.static_points, twin.static_images)}
     assert image.get_attribute("src") == source["red", 2]
     colour.select_option(label="blue")
     assert image.get_attribute("src") == source["blue", 2]
