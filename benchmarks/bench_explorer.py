@@ -2,8 +2,8 @@
 answers in at most 150 ms for EfficientNet-Lite0 at 224×224 on the 2-core CPU). Each time is the
 wall time of `Explorer.select(...).wait()`, from the change to the PNG shown (map, overlay and
 encoding included); the reference is a direct call of the same `vizlib.cam` function, which does
-its own forward and backward pass every time. The image switch pays the new image's forward pass
-(cached), its retained pass and the map."""
+its own forward and backward pass every time. The image switch pays the other image's retained pass
+(its top-k forward pass is cached after the first visit) and the map."""
 from __future__ import annotations
 
 import itertools
