@@ -78,8 +78,9 @@ def test_every_method_in_the_explorer_equals_its_direct_call(name, small_net, sh
         options[parameter] = explorer.parameter_picker.value
         assert explorer.parameter_picker.value == entry.shapes.get(parameter, values[0])
     expected = entry(small_net, shapes_images["second"], target, setting="shapes", **options)
-    # batch_size="auto" may pick another batch size for the second call: another summation order.
-    torch.testing.assert_close(explorer.saliency, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+    # Float-level only: batch_size="auto" may pick another batch size for the second call (another
+    # summation order); a wrong class or parameter differs by the map's own scale.
+    torch.testing.assert_close(explorer.saliency, expected, rtol=1e-4, atol=1e-3 * float(expected.abs().max()))
     assert hook_count(small_net) == 0
 
 
