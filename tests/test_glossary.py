@@ -10,13 +10,14 @@ ROWS = [line for line in GLOSSARY.splitlines()
 
 
 def resolve(dotted: str):
-    """The object a dotted name ``vizlib.module.attribute`` names; AttributeError if it has none."""
-    module_name, _, attribute = dotted.rpartition(".")
-    return getattr(importlib.import_module(module_name), attribute)
+    """The object a dotted name ``module.attribute`` of vizlib names (with or without the leading
+    ``vizlib.``); ImportError or AttributeError if there is none."""
+    module_name, _, attribute = dotted.removeprefix("vizlib.").rpartition(".")
+    return getattr(importlib.import_module(f"vizlib.{module_name}"), attribute)
 
 
 def test_every_vizlib_name_exists():
-    names = re.findall(r"``(vizlib\.[\w.]+)``", GLOSSARY)
+    names = re.findall(r"``([\w.]+)``", GLOSSARY)
     assert len(names) >= 40
     missing = []
     for name in set(names):

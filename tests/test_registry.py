@@ -269,11 +269,14 @@ BIB_KEYS = set(re.findall(r"^@\w+\{([^,]+),", (ROOT / "references.bib").read_tex
 def test_table_gives_the_passes_at_the_defaults_of_the_setting():
     rows = {row["name"]: row for row in registry.table("lite0")}
     assert list(rows) == NAMES
-    assert rows["smoothgrad"]["passes"] == "1 + n_samples / n_samples = 17 / 16"
-    assert rows["occlusion"]["passes"] == "1 + windows(H, W, window, stride) / 0 = 170 / 0"   # 13 × 13 windows
-    assert rows["gradient"]["passes"] == "1 / 1"
-    assert rows["score-cam"]["passes"] == "2 + K / 0"   # K: the channels of the layer, known with a model
-    assert registry.table("shapes")[0]["passes"] == "1 + windows(H, W, window, stride) / 0 = 226 / 0"
+    assert (rows["smoothgrad"]["forwards"], rows["smoothgrad"]["backwards"]) == ("1 + n_samples = 17",
+                                                                                 "n_samples = 16")
+    assert rows["occlusion"]["forwards"] == "1 + P = 170"   # 13 × 13 placements of the window
+    assert (rows["gradient"]["forwards"], rows["gradient"]["backwards"]) == ("1", "1")
+    assert rows["score-cam"]["forwards"] == "2 + K"   # K: the channels of the layer, known with a model
+    assert registry.table("shapes")[0]["forwards"] == "1 + P = 226"
+    assert rows["score-cam"]["needs"] == "activations" and rows["lime"]["needs"] == "outputs"
+    assert "| pixel | no | gradients | `1 + n_samples` = 17 | `n_samples` = 16 |" in registry.markdown("lite0")
 
 
 def test_markdown_cites_only_known_keys_and_links_real_chapters():

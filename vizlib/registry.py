@@ -43,10 +43,11 @@ def window_count(height: int, width: int, window, stride) -> int:
     return (math.ceil((height - h) / sh) + 1) * (math.ceil((width - w) / sw) + 1)
 
 
-# Names a cost formula may use besides the method's parameters: H, W (input size), K (channels of
-# `layer`), M (segments), B (baselines) and these functions. Formulas are Python expressions kept
-# as text, so the table prints exactly what the tests evaluate and check against counted passes.
-_COST_FUNCTIONS = {"min": min, "windows": window_count}
+# Names a cost formula may use besides the method's parameters: H, W (input size), P (placements
+# of a sliding `window`, `window_count`), K (channels of `layer`), M (segments), B (baselines) and
+# `min`. Formulas are Python expressions kept as text, so the table prints exactly what the tests
+# evaluate and check against counted passes.
+_COST_FUNCTIONS = {"min": min}
 
 
 @dataclass(frozen=True)
@@ -116,8 +117,8 @@ class Method:
                **options) -> tuple[int, int]:
         """Forward and backward passes per image at the setting's defaults updated by `options`:
         the formulas `forwards` and `backwards` evaluated on the parameters and on H, W (the size
-        of `x`, else the setting's), M (segments), B (baselines) and K (channels of `layer`, which
-        needs `model` and `x`). An image counts once per copy of it that goes through the model;
+        of `x`, else the setting's), P (placements of a sliding window), M (segments), B
+        (baselines) and K (channels of `layer`, which needs `model` and `x`). An image counts once per copy of it that goes through the model;
         the passes `batch_size="auto"` times once per process are not counted."""
         variables = self._cost_variables(model, x, setting, options)
         return tuple(int(eval(formula, {"__builtins__": {}}, {**_COST_FUNCTIONS, **variables}))
@@ -127,6 +128,8 @@ class Method:
         params = self.parameters(setting, **options)
         height, width = x.shape[-2:] if x is not None else INPUT_SIZES[setting]
         variables = {**params, "H": height, "W": width}
+        if "window" in params and "stride" in params:
+            variables["P"] = window_count(height, width, params["window"], params["stride"])
         if "segments" in params:
             variables["M"] = int(params["segments"].max()) + 1
         if "baselines" in params:
@@ -173,7 +176,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("occlusion", perturbation.occlusion, "perturbation", "2.1.1", False,
            dict(window=(32, 32), stride=16), dict(window=(8, 8), stride=4, baseline=0.5),
            main_parameter=("stride", (4, 8, 16, 32)), title="Occlusion", cite=("zeiler2014visualizing",),
-           model_agnostic=True, resolution="region", forwards="1 + windows(H, W, window, stride)"),
+           model_agnostic=True, resolution="region", forwards="1 + P"),
     Method("leave-one-out", perturbation.leave_one_out, "perturbation", "2.1.1", False,
            dict(segments=LITE0_GRID), dict(segments=SHAPES_GRID, baseline=0.5), title="Leave-one-out",
            cite=("robnik2008explaining", "li2016understanding"), model_agnostic=True, resolution="region",
@@ -186,7 +189,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            dict(window=16, stride=16, samples=4), dict(window=8, stride=8, padding=2, samples=4),
            main_parameter=("samples", (2, 4, 10)), title="Prediction difference",
            cite=("zintgraf2017visualizing",), model_agnostic=True, resolution="region",
-           forwards="1 + samples * windows(H, W, window, stride)", leaderboard=False),
+           forwards="1 + samples * P", leaderboard=False),
     Method("meaningful perturbation", perturbation.meaningful_perturbation, "perturbation", "2.1.1", True,
            dict(steps=100), dict(steps=100, mask_scale=4, jitter=2), main_parameter=("steps", (50, 100, 300)),
            title="Meaningful perturbation", cite=("fong2017interpretable",), resolution="region",
@@ -266,7 +269,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            dict(segments=LITE0_GRID, n_samples=256), dict(segments=SHAPES_GRID, n_samples=256, baseline=0.5),
            main_parameter=("n_samples", (64, 256, 1024)), title="Kernel SHAP", cite=("lundberg2017unified",),
            class_discriminative=True, model_agnostic=True, resolution="region",
-           forwards="3 + min(n_samples, 2 ** M - 2)", per_channel=False),   # the full and empty coalitions too
+           forwards="3 + min(2 ** M - 2, n_samples)", per_channel=False),   # the full and empty coalitions too
     Method("shapley exact", surrogate.shapley_exact, "surrogate", "2.1.6", False,
            dict(segments=LITE0_GRID_3), dict(segments=SHAPES_GRID_3, baseline=0.5), title="Exact Shapley values",
            cite=("shapley1953value", "lundberg2017unified"), class_discriminative=True, model_agnostic=True,
@@ -337,41 +340,60 @@ def _cell(value) -> str:
     return "yes" if value is True else "no" if value is False else str(value)
 
 
-def _cost_text(entry: Method, setting: str) -> str:
-    """The formulas, with their values at the setting's defaults when those fix every variable."""
-    formulas = f"{entry.forwards} / {entry.backwards}"
+def _cost_texts(entry: Method, setting: str) -> tuple[str, str]:
+    """The formulas for forward and backward passes, each with its value at the setting's defaults
+    when those fix every variable: "1 + n_samples = 17"."""
+    formulas = (entry.forwards, entry.backwards)
     try:
-        forwards, backwards = entry.passes(setting=setting)
+        values = entry.passes(setting=setting)
     except NameError:   # K, the channels of `layer`, needs a model
         return formulas
-    return formulas if formulas == f"{forwards} / {backwards}" else f"{formulas} = {forwards} / {backwards}"
+    return tuple(formula if formula == str(value) else f"{formula} = {value}"
+                 for formula, value in zip(formulas, values))
+
+
+def _needs(entry: Method) -> str:
+    """What the method reads of the model: its outputs only (model-agnostic), also its activations
+    (model-specific, no gradients: Score-CAM), or its gradients."""
+    return "gradients" if entry.gradients else "outputs" if entry.model_agnostic else "activations"
 
 
 def table(setting: str = "lite0") -> list[dict]:
     """Survey Table 3 for the registry: one row per method, its Table 3 verdicts, whether it needs
-    gradients or takes a layer, and its forward / backward passes per image at `setting`'s defaults."""
+    gradients or takes a layer, and its forward and backward passes per image at `setting`'s
+    defaults (formula and value)."""
     _check_setting(setting)
-    return [{"method": m.title, "name": m.name, "cite": m.cite, "family": m.family, "section": m.section,
-             "chapter": m.chapter, "resolution": m.resolution, "class-discriminative": m.class_discriminative,
-             "model-agnostic": m.model_agnostic, "gradients": m.gradients, "layer": m.layer,
-             "passes": _cost_text(m, setting)} for m in METHODS.values()]
+    rows = []
+    for m in METHODS.values():
+        forwards, backwards = _cost_texts(m, setting)
+        rows.append({"method": m.title, "name": m.name, "cite": m.cite, "family": m.family, "section": m.section,
+                     "chapter": m.chapter, "resolution": m.resolution,
+                     "class-discriminative": m.class_discriminative, "model-agnostic": m.model_agnostic,
+                     "gradients": m.gradients, "needs": _needs(m), "layer": m.layer, "forwards": forwards,
+                     "backwards": backwards})
+    return rows
 
 
 def _cited(title: str, keys, cite: bool) -> str:
     return f"{title} {{cite}}`{','.join(keys)}`" if cite and keys else title
 
 
+def _formula(text: str) -> str:
+    """A cost as Markdown: the formula as code, its value as text."""
+    formula, _, value = text.partition(" = ")
+    return f"`{formula}` = {value}" if value else text if text.isdigit() else f"`{text}`"
+
+
 def markdown(setting: str = "lite0", *, cite: bool = True) -> str:
-    """`table` as Markdown; with `cite`, each method carries a MyST {cite} role and its chapter a
-    {doc} link (for Markdown rendered by MyST, as in the book)."""
-    header = ["method", "survey", "resolution", "class-discriminative", "model-agnostic", "gradients",
-              f"forwards / backwards per image ({setting} defaults)", "chapter"]
+    """`table` as Markdown, in the survey's order (its sections are in `taxonomy_markdown`): the
+    map's resolution, class-discriminative or not, what the method needs of the model (outputs
+    only: model-agnostic), and its passes per image. With `cite`, each method carries a MyST
+    {cite} role (for Markdown rendered by MyST, as in the book)."""
+    header = ["method", "map", "class-discriminative", "needs", "forwards", "backwards"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table(setting):
-        chapter = f"{{doc}}`{row['chapter']}`" if cite else row["chapter"]
-        cells = [_cited(row["method"], row["cite"], cite), f"§{row['section']}", row["resolution"],
-                 row["class-discriminative"], row["model-agnostic"], row["gradients"],
-                 f"`{row['passes']}`", chapter]
+        cells = [_cited(row["method"], row["cite"], cite), row["resolution"], row["class-discriminative"],
+                 row["needs"], _formula(row["forwards"]), _formula(row["backwards"])]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines)
 
