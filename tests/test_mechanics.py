@@ -304,3 +304,84 @@ def test_a_wrong_batch_size_is_named_in_the_error():
         with pytest.raises(ValueError, match="batch_size"):
             mechanics.scores_in_batches(net, 4, lambda chunk: torch.rand(chunk.stop - chunk.start, 3, 8, 8),
                                         torch.zeros(4, dtype=torch.long), batch_size=wrong)
+
+
+# --- inference_copy -------------------------------------------------------------------------------
+
+def small_batchnorm_net():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                        nn.Conv2d(4, 5, 3, bias=False), nn.BatchNorm2d(5), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(5, 3), nn.BatchNorm1d(3))
+    for module in net.modules():
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-1, 1)
+    return net.eval()
+
+
+def test_inference_copy_folds_every_batchnorm_and_keeps_the_outputs():
+    net = small_batchnorm_net()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    fast = mechanics.inference_copy(net)
+    assert fast is not net and not any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in fast.modules())
+    x = torch.randn(6, 3, 9, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), net(x), rtol=1e-5, atol=1e-5)
+    assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == 2
+    assert all(p.requires_grad for p in net.parameters())
+
+
+def test_inference_copy_is_cached_until_the_weights_change():
+    net = small_batchnorm_net()
+    fast = mechanics.inference_copy(net)
+    assert mechanics.inference_copy(net) is fast
+    with torch.no_grad():
+        net[0].weight.add_(0.5)
+    renewed = mechanics.inference_copy(net)
+    assert renewed is not fast
+    x = torch.randn(2, 3, 9, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(renewed(x), net(x), rtol=1e-5, atol=1e-5)
+
+
+def test_inference_copy_of_lite0_matches_it(lite0, chelsea):
+    with torch.no_grad():
+        torch.testing.assert_close(mechanics.inference_copy(lite0)(chelsea), lite0(chelsea), rtol=1e-5, atol=1e-5)
+
+
+def test_a_model_with_hooks_is_forwarded_as_it_is():
+    net = small_batchnorm_net()
+    handle = net[0].register_forward_hook(lambda *args: None)
+    try:
+        assert mechanics.inference_copy(net) is net
+    finally:
+        handle.remove()
+
+
+class MisregisteredBatchNorm(nn.Module):
+    """A BatchNorm registered after a conv but applied before it: folding it would be wrong."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+        self.norm = nn.BatchNorm2d(3)
+        self.norm.running_mean.fill_(2.0)
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.head(self.conv(self.norm(x)).mean(dim=(2, 3)))
+
+
+def test_scores_in_batches_drops_a_copy_whose_outputs_differ():
+    torch.manual_seed(0)
+    net = MisregisteredBatchNorm().eval()
+    x = torch.randn(5, 3, 4, 4)
+    target = torch.zeros(5, dtype=torch.long)
+    scores = mechanics.scores_in_batches(net, 5, lambda chunk: x[chunk], target, batch_size=2)
+    with torch.no_grad():
+        torch.testing.assert_close(scores, net(x)[:, 0])
+    assert mechanics.inference_copy(net) is net

@@ -338,14 +338,18 @@ def test_every_black_box_method_on_a_no_grad_callable_equals_the_module_version(
         with torch.no_grad():
             return net(batch)
 
-    # A fixed batch size: "auto" may time the callable and the module differently, and batches of
-    # another size round differently in the last bit.
+    # A fixed batch size: "auto" may time the callable and the module differently. The module runs
+    # through its inference copy (BatchNorm folded), so the two agree to float round-off, not bit
+    # for bit: the tolerance is 1e-5 of the map's largest value.
     segments = grid_segments(32, 32, 4)
     for method in (lambda model: occlusion(model, images, 3, window=(6, 6), stride=4, baseline="noise",
                                            batch_size=16),
                    lambda model: leave_one_out(model, images, 3, segments=segments, batch_size=16)[0],
                    lambda model: rise(model, images, 3, n_masks=30, cell=4, batch_size=16)):
-        assert torch.equal(method(black_box), method(net))
+        on_callable, on_module = method(black_box), method(net)
+        scale = on_callable.abs().max().item()
+        assert scale > 0
+        torch.testing.assert_close(on_module, on_callable, rtol=0, atol=1e-5 * scale)
 
 
 def test_meaningful_perturbation_on_a_differentiable_callable_equals_the_module_version(net, images):

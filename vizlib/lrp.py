@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .backprop import _baseline_like
-from .mechanics import check_input, check_target, preserved, swapped
+from .mechanics import batchnorm_pairs, check_input, check_target, fold_batchnorm, preserved, swapped
 from .models import SamePad2d
 
 __all__ = [
@@ -227,7 +227,7 @@ class _RuleLayer(nn.Module):
     def __init__(self, layer: nn.Module, batchnorm: nn.Module | None, rule: str, propagation: _Propagation):
         super().__init__()
         self.layer, self.rule, self.propagation = layer, rule, propagation
-        self.weight, self.bias = _folded(layer, batchnorm)
+        self.weight, self.bias = fold_batchnorm(layer, batchnorm)
         self.output = None
 
     def affine(self, inputs, weight, bias):
@@ -252,23 +252,6 @@ class _RuleLayer(nn.Module):
             path = _HIDDEN_PATHS[self.rule](self, inputs, z, options)
         self.output = _with_gradient_of(z, path)
         return self.output
-
-
-def _folded(layer: nn.Module, batchnorm: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weight and bias of ``batchnorm(layer(a))`` as one affine map (new tensors, in eval mode):
-    w' = w γ / σ, b' = (b − μ) γ / σ + β, with σ = sqrt(running_var + eps)."""
-    weight = layer.weight.detach()
-    out_features = weight.shape[0]
-    bias = layer.bias.detach() if layer.bias is not None else torch.zeros(out_features, dtype=weight.dtype,
-                                                                              device=weight.device)
-    if batchnorm is None:
-        return weight, bias
-    scale = (batchnorm.running_var + batchnorm.eps).rsqrt()
-    if batchnorm.weight is not None:
-        scale = scale * batchnorm.weight.detach()
-    shift = batchnorm.bias.detach() if batchnorm.bias is not None else torch.zeros_like(scale)
-    weight = weight * scale.view(-1, *[1] * (weight.dim() - 1))
-    return weight, (bias - batchnorm.running_mean) * scale + shift
 
 
 class _FoldedBatchNorm(nn.Module):
@@ -349,17 +332,9 @@ COMPOSITES = {
 
 
 def _batchnorm_pairs(model: nn.Module) -> dict[int, nn.Module]:
-    """{id of a Conv/Linear: the BatchNorm registered right after it in the same parent}.
-
-    This is how Sequential stacks and torchvision blocks (conv1, bn1, …) place them; `_FoldedBatchNorm`
-    checks at run time that each BatchNorm really takes its neighbour's output.
-    """
-    pairs, names = {}, {id(module): name for name, module in model.named_modules()}
-    for parent in model.modules():
-        children = list(parent.children())
-        for layer, following in zip(children, children[1:]):
-            if isinstance(layer, RULE_LAYERS) and isinstance(following, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                pairs[id(layer)] = following
+    """`mechanics.batchnorm_pairs`, every BatchNorm of the model in a pair; `_FoldedBatchNorm`
+    checks at run time that each BatchNorm really takes its neighbour's output."""
+    pairs, names = batchnorm_pairs(model), {id(module): name for name, module in model.named_modules()}
     folded = {id(batchnorm) for batchnorm in pairs.values()}
     for module in model.modules():
         if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)) and id(module) not in folded:

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 
 from . import backprop, lrp
 from .data import normalize
-from .mechanics import check_input, check_target, preserved, swapped
+from .mechanics import batchnorm_pairs, check_input, check_target, preserved, swapped
 
 __all__ = [
     "PREPROCESSED_BOUNDS",
@@ -361,7 +361,7 @@ def _lrp_with_graph(model, x, target, *, rule: str = "epsilon", epsilon: float =
             raise TypeError(f"model: layer {name!r} is a {type(module).__name__}; the attack differentiates "
                             f"LRP-ε through Conv, Linear, BatchNorm, ReLU, pooling and flattening only")
     stabilizer = 0.0 if rule == "zero" else epsilon
-    pairs = lrp._batchnorm_pairs(model)
+    pairs = batchnorm_pairs(model)
     folded = set(map(id, pairs.values()))
     pre_activations = [module for module in model.modules()
                        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d))
