@@ -2,7 +2,9 @@
 
 Every case explains one image with 25 perturbed copies (an 80-pixel window at stride 36, or a 5×5
 grid), so a row costs 26 forward passes; times are per explanation. One row compares
-`batch_size="auto"` with the best fixed batch size on this machine (goal: within 1.05×).
+`batch_size="auto"` with the best fixed batch size on this machine (goal: within 1.05×). Two rows
+time one forward pass of `mechanics.inference_copy` (BatchNorm folded, channels-last), which the
+forward-only methods run, against the model itself (goal: 1.5× faster), per image.
 """
 import math
 import statistics
@@ -11,6 +13,7 @@ import torch
 from captum.attr import FeatureAblation, Occlusion
 
 from timing import timings
+from vizlib.mechanics import inference_copy
 from vizlib.perturbation import grid_segments, leave_one_out, occlusion
 
 WINDOW, STRIDE, CELLS, BATCH = 80, 36, 5, 64
@@ -48,11 +51,22 @@ def rows(model, image, repeats):
     def timed(fn):
         return timings(fn, repeats, warmup=1)
 
+    def forward(net, batch):
+        def run():
+            with torch.inference_mode():
+                net(batch)
+        return [t / len(batch) for t in timed(run)]
+
+    folded = inference_copy(model)
+    forward_rows = [(f"forward, inference copy vs model, batch {size}", forward(folded, copies[:size]),
+                     forward(model, copies[:size])) for size in (1, 16)]
+
     ours, ours_segments = timed(ours_occlusion), timed(ours_leave_one_out)
     # batch_size="auto" against the best of the fixed sizes it could have picked, all measured here.
     fixed = {size: timed(lambda size=size: ours_occlusion(size)) for size in (1, 4, 16, 64)}
     best = min(fixed, key=lambda size: statistics.median(fixed[size]))
     return [
+        *forward_rows,
         (f"occlusion auto vs best fixed ({best})", timed(lambda: ours_occlusion("auto")), fixed[best]),
         ("occlusion vs Captum, ppe=1", ours, timed(theirs_occlusion(1))),
         ("occlusion, batch 1 vs Captum, ppe=1", timed(lambda: ours_occlusion(1)), timed(theirs_occlusion(1))),

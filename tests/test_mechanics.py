@@ -1,4 +1,6 @@
 """The shared mechanics leave every model exactly as they found it and reject bad input clearly."""
+import time
+
 import pytest
 import torch
 import torchvision
@@ -270,10 +272,31 @@ def test_auto_batch_size_picks_a_candidate_and_measures_only_once():
     chosen = mechanics.auto_batch_size(net, example)
     assert chosen in mechanics.AUTO_BATCH_CANDIDATES
     measured = len(net.calls)
-    assert measured >= 2                           # two timed calls per size tried
+    assert measured >= 4                           # one untimed and three timed calls per size
     assert mechanics.auto_batch_size(net, example[None]) == chosen
     assert len(net.calls) == measured              # cached: no second measurement
     assert net.training is False
+
+
+class _SleepingModel(nn.Module):
+    """A model whose forward pass of n images takes `fixed + per_image * n` seconds."""
+
+    def __init__(self, fixed: float, per_image: float):
+        super().__init__()
+        self.fixed, self.per_image = fixed, per_image
+
+    def forward(self, x):
+        time.sleep(self.fixed + self.per_image * len(x))
+        return x.flatten(1)[:, :3]
+
+
+@pytest.mark.parametrize("fixed, per_image, expected", [
+    (0.0, 0.01, 1),     # the same cost per image at every size: the smallest is taken
+    (0.02, 0.005, 4),   # 25, 15, 10 ms per image: the largest tried is the cheapest
+])
+def test_auto_batch_size_takes_the_smallest_of_the_cheapest_sizes(monkeypatch, fixed, per_image, expected):
+    monkeypatch.setattr(mechanics, "AUTO_BATCH_CANDIDATES", (1, 2, 4))
+    assert mechanics.auto_batch_size(_SleepingModel(fixed, per_image), torch.rand(3, 4, 4)) == expected
 
 
 def test_auto_batch_size_is_measured_again_for_another_input_shape():

@@ -254,8 +254,11 @@ def batches(n: int, batch_size: int | None) -> Iterator[slice]:
 # Batch sizes that `batch_size="auto"` tries, and its choices so far, keyed by
 # (model, input shape, dtype, device): measured once per process.
 AUTO_BATCH_CANDIDATES = (1, 4, 16, 64)
-_AUTO_BATCH_SIZES: dict[tuple, int] = {}
+_AUTO_BATCH_SIZES: dict[tuple, tuple[Callable, int]] = {}
 _AUTO_BATCH_BUDGET_S = 0.5   # stop trying larger batches once one forward takes this long
+# Sizes whose cost per image is within this factor of the cheapest count as equally cheap, and the
+# smallest of them is taken: timing noise must not buy a larger batch (more memory, no speed).
+_AUTO_BATCH_TOLERANCE = 1.03
 
 
 def _is_out_of_memory(error: RuntimeError) -> bool:
@@ -267,24 +270,30 @@ def auto_batch_size(model: Callable[[torch.Tensor], torch.Tensor], example: torc
     """The batch size with the lowest measured forward time per image for inputs like `example`.
 
     `example` is one input [C, H, W] (or [1, C, H, W]) on the device where the model runs. The
-    sizes of `AUTO_BATCH_CANDIDATES` are tried in increasing order, each timed on its second call
-    (the first pays for new shapes), until a size runs out of memory, costs more per image than
-    the best so far, or takes longer than half a second. The choice is cached for the process per
-    (model, shape, dtype, device), so only the first call pays. On a 2-core CPU the winner is
-    small; on a GPU it is the largest that fits.
+    sizes of `AUTO_BATCH_CANDIDATES` are tried in increasing order, each timed by the fastest of
+    three calls after one untimed call (which pays for new shapes), until a size runs out of
+    memory, costs more per image than the best so far, or would take longer than half a second. The
+    choice is the smallest size within 3 % of the lowest cost per image, and it is cached for the
+    process per (model, shape, dtype, device), so only the first call pays. On a 2-core CPU the
+    winner is small; on a GPU it is the largest that fits.
     """
     example = example if example.dim() == 4 else example[None]
     key = (id(model), tuple(example.shape[1:]), example.dtype, example.device)
     if key in _AUTO_BATCH_SIZES:
-        return _AUTO_BATCH_SIZES[key]
+        owner, size = _AUTO_BATCH_SIZES[key]
+        if owner() is model:            # not a new model that reuses a freed one's id
+            return size
     synchronize = torch.cuda.synchronize if example.device.type == "cuda" else (lambda: None)
     per_image: dict[int, float] = {}
     with preserved(model):
         for size in AUTO_BATCH_CANDIDATES:
+            if per_image and min(per_image.values()) * size > _AUTO_BATCH_BUDGET_S:
+                break
             batch = example[:1].expand(size, *example.shape[1:]).contiguous()
             try:
+                model(batch)
                 seconds = []
-                for _ in range(2):
+                for _ in range(3):
                     synchronize()
                     start = time.perf_counter()
                     model(batch)
@@ -295,12 +304,18 @@ def auto_batch_size(model: Callable[[torch.Tensor], torch.Tensor], example: torc
                     raise
                 break
             cost = min(seconds) / size
-            worse = per_image and cost > min(per_image.values())
+            worse = bool(per_image) and cost > min(per_image.values())
             per_image[size] = cost
             if worse or min(seconds) > _AUTO_BATCH_BUDGET_S:
                 break
-    _AUTO_BATCH_SIZES[key] = min(per_image, key=per_image.get)
-    return _AUTO_BATCH_SIZES[key]
+    cheapest = min(per_image.values())
+    chosen = min(size for size, cost in per_image.items() if cost <= _AUTO_BATCH_TOLERANCE * cheapest)
+    try:
+        owner = weakref.ref(model)
+    except TypeError:                   # an object without weak references: kept alive instead
+        owner = (lambda kept: lambda: kept)(model)
+    _AUTO_BATCH_SIZES[key] = owner, chosen
+    return chosen
 
 
 def resolve_batch_size(batch_size, model: Callable[[torch.Tensor], torch.Tensor],
