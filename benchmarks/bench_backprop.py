@@ -56,5 +56,13 @@ def rows(model, image, repeats):
             model, x, TARGET, steps=STEPS, batch_size=BATCH)),
         ("rectified_gradient", lambda: backprop.rectified_gradient(model, x, TARGET), None),
     ]
+    # The rule overhead (goal: within 1.1× of the plain gradient pass), at batch 1 and BATCH.
+    batch = x.expand(BATCH, -1, -1, -1).contiguous()
+    for images, size in ((x, 1), (batch, BATCH)):
+        plain = (lambda images=images: backprop.gradient(model, images, TARGET))
+        cases += [(f"guided backprop vs gradient, batch {size}",
+                   lambda images=images: backprop.guided_backprop(model, images, TARGET), plain),
+                  (f"deconvnet vs gradient, batch {size}",
+                   lambda images=images: backprop.deconvnet(model, images, TARGET), plain)]
     return [(name, timings(ours, repeats), timings(reference, repeats) if reference else None)
             for name, ours, reference in cases]
