@@ -156,7 +156,7 @@ def preprocess(image, size: int = 224) -> torch.Tensor:
             raise ValueError(
                 f"image array must be uint8 H×W×3, got {image.dtype} with shape {image.shape}"
             )
-        batch = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+        batch = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]   # a writable copy
     elif isinstance(image, torch.Tensor):
         if image.dtype != torch.uint8 and not image.is_floating_point():
             raise TypeError(f"image tensor must be uint8 or floating point, got {image.dtype}")
