@@ -10,9 +10,12 @@ CELL_TIMEOUT := 600
 # `make test` executes each notebook once: nbval runs it and tests/executed_notebooks.py keeps the
 # executed copy here; build-book renders those outputs with execution off.
 EXECUTED := _build/executed
-# e.g. NOTEBOOK_JOBS='-n 2 --dist loadfile' to run notebooks in parallel with pytest-xdist. Off by
-# default: not faster on the 2-core machine (each worker's start-up; torch already uses both cores).
-NOTEBOOK_JOBS ?=
+# Notebooks run two at a time (pytest-xdist, one notebook per worker), each kernel with one torch
+# thread: on the 2-core machine two single-threaded kernels finish sooner than one kernel with two
+# threads, because much of a chapter is Python, plotting and small tensors that one thread runs as
+# fast as two (benchmarks/NOTEBOOK_TIMES.md). NOTEBOOK_JOBS= NOTEBOOK_THREADS= runs them one by one.
+NOTEBOOK_JOBS ?= -n 2 --dist loadfile
+NOTEBOOK_THREADS ?= 1
 
 .PHONY: venv test unit notebooks strip-check build-book browser chromium book lab explorer bench leaderboard clean
 
@@ -35,7 +38,8 @@ unit: $(STAMP)
 
 notebooks: $(STAMP)
 	rm -rf $(EXECUTED)
-	$(BIN)/python -m pytest -p tests.executed_notebooks --executed-dir=$(EXECUTED) \
+	$(if $(NOTEBOOK_THREADS),OMP_NUM_THREADS=$(NOTEBOOK_THREADS) MKL_NUM_THREADS=$(NOTEBOOK_THREADS)) \
+		$(BIN)/python -m pytest -p tests.executed_notebooks --executed-dir=$(EXECUTED) \
 		--notebook-times=benchmarks/NOTEBOOK_TIMES.md $(NOTEBOOK_JOBS) \
 		--nbval-lax --nbval-current-env --nbval-cell-timeout=$(CELL_TIMEOUT) $(NOTEBOOKS)
 
