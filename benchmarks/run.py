@@ -29,6 +29,7 @@ FAMILIES = {
     "surrogate": "LIME and SHAP vs Captum Lime / KernelShap / ShapleyValueSampling",
     "evaluation": "Evaluation metrics vs the raw forward / Captum infidelity and sensitivity",
     "robustness": "Attacks vs Captum FGSM / PGD",
+    "explorer": "The explorer: class, layer and image switches vs direct vizlib.cam calls",
 }
 
 
