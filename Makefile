@@ -14,8 +14,10 @@ EXECUTED := _build/executed
 # thread: on the 2-core machine two single-threaded kernels finish sooner than one kernel with two
 # threads, because much of a chapter is Python, plotting and small tensors that one thread runs as
 # fast as two (benchmarks/NOTEBOOK_TIMES.md). NOTEBOOK_JOBS= NOTEBOOK_THREADS= runs them one by one.
-NOTEBOOK_JOBS ?= -n 2 --dist loadfile
+# The workers take the notebooks longest first, by the last measured times.
+NOTEBOOK_JOBS ?= -n 2 --dist loadfile --no-loadscope-reorder
 NOTEBOOK_THREADS ?= 1
+NOTEBOOK_TIMES := benchmarks/NOTEBOOK_TIMES.md
 
 .PHONY: venv test unit notebooks strip-check build-book browser chromium book lab explorer bench leaderboard clean
 
@@ -33,15 +35,17 @@ test: $(STAMP) strip-check unit notebooks build-book browser
 strip-check: $(STAMP)
 	$(BIN)/nbstripout --verify $(NOTEBOOKS)
 
+# Two workers, one torch thread each, as for the notebooks.
 unit: $(STAMP)
-	MPLBACKEND=Agg $(BIN)/python -m pytest tests --ignore=tests/browser
+	MPLBACKEND=Agg OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 tests --ignore=tests/browser
 
 notebooks: $(STAMP)
 	rm -rf $(EXECUTED)
 	$(if $(NOTEBOOK_THREADS),OMP_NUM_THREADS=$(NOTEBOOK_THREADS) MKL_NUM_THREADS=$(NOTEBOOK_THREADS)) \
 		$(BIN)/python -m pytest -p tests.executed_notebooks --executed-dir=$(EXECUTED) \
-		--notebook-times=benchmarks/NOTEBOOK_TIMES.md $(NOTEBOOK_JOBS) \
-		--nbval-lax --nbval-current-env --nbval-cell-timeout=$(CELL_TIMEOUT) $(NOTEBOOKS)
+		--notebook-times=$(NOTEBOOK_TIMES) $(NOTEBOOK_JOBS) \
+		--nbval-lax --nbval-current-env --nbval-cell-timeout=$(CELL_TIMEOUT) \
+		$$($(BIN)/python tests/executed_notebooks.py order $(NOTEBOOK_TIMES) $(NOTEBOOKS))
 
 # The test build: the notebooks nbval just executed, not executed again (-W -n: warnings fail).
 build-book: notebooks

@@ -17,7 +17,9 @@ As a pytest plugin (``-p tests.executed_notebooks``), next to ``--nbval-lax``:
 Both work under pytest-xdist with ``--dist loadfile``: each worker writes the notebooks it ran,
 the controller writes the times.
 
-As a script, ``python tests/executed_notebooks.py stage DIR`` turns DIR into the source of the test
+As a script, ``python tests/executed_notebooks.py order FILE NOTEBOOK...`` prints the notebooks
+longest first by the times in FILE (the order `make test` hands them to the workers in), and
+``python tests/executed_notebooks.py stage DIR`` turns DIR into the source of the test
 build of the book: it checks that every chapter has an executed copy there from a passing run of
 the current source, then copies in the configuration (with ``execute_notebooks: "off"``), the
 table of contents, the bibliography and everything in ``book/`` that is not a notebook.
@@ -368,7 +370,26 @@ def stage(executed_dir: Path, root: Path = ROOT) -> None:
                     ignore=shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints", "__pycache__"))
 
 
+def longest_first(times_file: Path, notebooks: list[str]) -> list[str]:
+    """`notebooks` ordered by the seconds `times_file` (a ``--notebook-times`` table) last measured,
+    longest first, so that two workers finish close together; a notebook it does not list comes
+    first (its cost is unknown)."""
+    seconds = {}
+    if times_file.exists():
+        for line in times_file.read_text().splitlines():
+            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+            if len(cells) >= 3 and cells[0].endswith(".ipynb"):
+                try:
+                    seconds[cells[0]] = float(cells[2])
+                except ValueError:
+                    pass
+    return sorted(notebooks, key=lambda notebook: -seconds.get(notebook, float("inf")))
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] != "stage":
-        sys.exit(f"usage: {sys.argv[0]} stage DIR")
-    stage(Path(sys.argv[2]))
+    if len(sys.argv) == 3 and sys.argv[1] == "stage":
+        stage(Path(sys.argv[2]))
+    elif len(sys.argv) >= 3 and sys.argv[1] == "order":
+        print(" ".join(longest_first(Path(sys.argv[2]), sys.argv[3:])))
+    else:
+        sys.exit(f"usage: {sys.argv[0]} stage DIR | order TIMES_FILE NOTEBOOK...")
