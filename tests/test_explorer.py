@@ -1,5 +1,7 @@
 """The explorer shows what vizlib computes, answers every control, cancels cleanly, and refuses
 bad arguments by name. Its latency is measured in benchmarks/bench_explorer.py, not here."""
+import base64
+
 import pytest
 import torch
 from torch import nn
@@ -118,6 +120,14 @@ def test_each_control_changes_the_picture_and_the_caption(explorer):
     assert len(set(pictures)) == len(pictures), "some change left the picture as it was"
     assert all(picture.startswith(b"\x89PNG") for picture in pictures)
     assert explorer.last_latency > 0 and f"{explorer.last_latency * 1e3:.0f} ms" in explorer.caption.value
+
+
+def test_a_page_without_a_kernel_shows_the_current_picture_and_caption(explorer):
+    bundle = explorer._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    shown = base64.b64encode(explorer.image_bytes).decode("ascii")
+    assert f'src="data:image/png;base64,{shown}"' in bundle["text/html"]
+    assert explorer.caption.value in bundle["text/html"]
 
 
 def test_class_control_offers_the_top_k_with_probabilities_and_adds_a_chosen_class(explorer):

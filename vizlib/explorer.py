@@ -18,6 +18,7 @@ Two things keep it interactive on a 2-core CPU:
 """
 from __future__ import annotations
 
+import base64
 import contextlib
 import html
 import io
@@ -359,6 +360,19 @@ class Explorer(widgets.VBox):
     def image_bytes(self) -> bytes:
         """The PNG shown: the image with the map overlaid."""
         return bytes(self.picture.value)
+
+    def static_html(self) -> str:
+        """What a page without a kernel shows: the current picture and its caption, and where the
+        controls can be used (a live notebook, or the app of `make explorer`)."""
+        source = f"data:image/png;base64,{base64.b64encode(self.image_bytes).decode('ascii')}"
+        return (f'<div class="vizlib-explorer-static"><img src="{source}" alt="the explorer\'s picture">'
+                f'<p>{self.caption.value}</p><p>The controls need a running kernel: open this notebook '
+                f'in JupyterLab, or run <code>make explorer</code> for the app.</p></div>')
+
+    def _repr_mimebundle_(self, **kwargs):
+        bundle = super()._repr_mimebundle_(**kwargs)
+        bundle["text/html"] = self.static_html()
+        return bundle
 
     # -- computing -------------------------------------------------------------------------
 
