@@ -388,13 +388,13 @@ def _folded_copy(model: nn.Module) -> nn.Module | None:
         return None
     folded = {id(batchnorm) for batchnorm in pairs.values()}
     duplicate = copy.deepcopy(model).eval()
-    for (name, original), (_, layer) in zip(model.named_modules(), duplicate.named_modules()):
+    for original, layer in zip(model.modules(), duplicate.modules()):
         if id(original) in pairs:
             weight, bias = fold_batchnorm(original, pairs[id(original)])
             layer.weight = nn.Parameter(weight.clone(), requires_grad=False)
             layer.bias = nn.Parameter(bias.clone(), requires_grad=False)
-    for (_, original), parent in zip(model.named_modules(), duplicate.modules()):
-        for child_name, child in list(parent.named_children()):
+    for original, parent in zip(model.modules(), duplicate.modules()):
+        for child_name in list(parent._modules):
             if id(original._modules[child_name]) in folded:
                 setattr(parent, child_name, nn.Identity())
     for parameter in duplicate.parameters():
@@ -468,11 +468,12 @@ def scores_in_batches(
     if n == 0:
         return torch.empty(0)
     scores = []
+    def first_input():
+        return make_batch(slice(0, 1))
+
     with preserved(model), tqdm(total=n, disable=not progress, desc=description, leave=False) as bar:
-        forward = model
-        if isinstance(model, nn.Module):
-            forward = _checked_inference_copy(model, lambda: make_batch(slice(0, 1)))
-        batch_size = resolve_batch_size(batch_size, forward, lambda: make_batch(slice(0, 1)))
+        forward = _checked_inference_copy(model, first_input)     # a black box is called as it is
+        batch_size = resolve_batch_size(batch_size, forward, first_input)
         for chunk in batches(n, batch_size):
             outputs = forward(make_batch(chunk))
             if softmax:
