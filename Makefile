@@ -52,9 +52,10 @@ build-book: notebooks
 	$(BIN)/python tests/executed_notebooks.py stage $(EXECUTED)
 	$(BIN)/jupyter-book build --all -W -n --keep-going --path-output . $(EXECUTED)
 
-# The browser tests: the book just built, and the explorer app, in headless Chromium.
+# The browser tests: the book just built, and the explorer app, in headless Chromium; two workers,
+# each with its own browser (the pages wait mostly on rendering, not on each other).
 browser: build-book chromium
-	$(BIN)/python -m pytest tests/browser
+	$(BIN)/python -m pytest -n 2 tests/browser
 
 # Debian's Chromium (Playwright's own browser downloads need the internet these machines lack).
 chromium:

@@ -385,6 +385,46 @@ def test_a_model_with_hooks_is_forwarded_as_it_is():
         handle.remove()
 
 
+def test_an_observed_model_keeps_its_copy_and_the_observer_sees_only_the_passes_asked_for():
+    net = small_batchnorm_net()
+    x = torch.randn(7, 3, 9, 9)
+    target = torch.zeros(7, dtype=torch.long)
+    seen = []
+    with mechanics.observed(net, lambda module, inputs, output: seen.append(output.shape[0])):
+        fast = mechanics.inference_copy(net)
+        assert fast is not net
+        scores = mechanics.scores_in_batches(net, 7, lambda chunk: x[chunk], target, batch_size="auto")
+        with torch.no_grad():
+            net(x[:2])
+    # the check of the copy and the batch-size timing are not reported; the 7 scored images and the
+    # direct pass are, once each
+    assert sum(seen) == 7 + 2
+    with torch.no_grad():
+        torch.testing.assert_close(scores, net(x)[:, 0], rtol=1e-5, atol=1e-5)
+    assert hook_count(net) == 0 and len(mechanics.inference_copy(net)._forward_hooks) == 0
+
+
+def test_observed_removes_its_hook_when_the_body_raises():
+    net = small_batchnorm_net()
+    with pytest.raises(ValueError, match="inside"):
+        with mechanics.observed(net, lambda *args: None):
+            raise ValueError("inside")
+    assert hook_count(net) == 0 and mechanics.inference_copy(net) is not net
+    with pytest.raises(TypeError, match="model"):
+        with mechanics.observed(lambda x: x, lambda *args: None):
+            pass
+
+
+def test_another_hook_beside_an_observer_still_disables_the_copy():
+    net = small_batchnorm_net()
+    handle = net.register_forward_hook(lambda *args: None)
+    try:
+        with mechanics.observed(net, lambda *args: None):
+            assert mechanics.inference_copy(net) is net
+    finally:
+        handle.remove()
+
+
 class MisregisteredBatchNorm(nn.Module):
     """A BatchNorm registered after a conv but applied before it: folding it would be wrong."""
 
@@ -408,3 +448,29 @@ def test_scores_in_batches_drops_a_copy_whose_outputs_differ():
     with torch.no_grad():
         torch.testing.assert_close(scores, net(x)[:, 0])
     assert mechanics.inference_copy(net) is net
+
+
+def test_channels_last_restores_each_layout_and_keeps_values_and_identity_even_on_error(tiny_vgg):
+    conv = tiny_vgg.features[0]
+    already = nn.Parameter(torch.randn(4, 3, 3, 3).contiguous(memory_format=torch.channels_last))
+    tiny_vgg.register_parameter("extra", already)
+    before = {name: tensor.clone() for name, tensor in tiny_vgg.state_dict().items()}
+    weight = conv.weight
+    with pytest.raises(RuntimeError, match="inside"):
+        with mechanics.channels_last(tiny_vgg):
+            assert conv.weight is weight
+            assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+            assert not conv.weight.is_contiguous()
+            raise RuntimeError("inside")
+    assert conv.weight is weight and conv.weight.is_contiguous()
+    assert tiny_vgg.extra.is_contiguous(memory_format=torch.channels_last) and not tiny_vgg.extra.is_contiguous()
+    for name, tensor in tiny_vgg.state_dict().items():
+        torch.testing.assert_close(tensor, before[name], rtol=0, atol=0)
+
+
+def test_training_leaves_the_weights_contiguous():
+    from vizlib import models
+
+    images, labels = torch.rand(8, 3, 16, 16), torch.arange(8) % 4
+    net = models.train(models.GAPNet(widths=(4, 8)), (images, labels), epochs=1, cache=False, progress=False)
+    assert all(parameter.is_contiguous() for parameter in net.parameters())

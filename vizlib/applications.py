@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from . import models
 from .data import ImageSet
-from .mechanics import check_input, check_target, preserved
+from .mechanics import channels_last, check_input, check_target, preserved
 
 __all__ = [
     "RRRLoss",
@@ -178,7 +178,7 @@ def train_rrr(model: nn.Module, dataset: ImageSet, *, masks="shortcut_masks", we
     steps = epochs * -(-len(dataset) // batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=steps)
     model.train()
-    with tqdm(total=steps, desc=f"training {name}", disable=not progress) as bar:
+    with tqdm(total=steps, desc=f"training {name}", disable=not progress) as bar, channels_last(model):
         for _ in range(epochs):
             for index in torch.randperm(len(dataset), generator=order).split(batch_size):
                 terms = rrr_loss(model, dataset.images[index].to(device), labels[index].to(device),

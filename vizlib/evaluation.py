@@ -34,7 +34,7 @@ import scipy.stats
 import torch
 from torch import nn
 
-from .mechanics import batches, check_input, check_target, preserved, resolve_batch_size, scores_in_batches
+from .mechanics import batches, check_input, check_target, observed, preserved, scores_in_batches
 
 __all__ = [
     "localize",
@@ -250,15 +250,30 @@ class Curve:
 
 
 class _Predictions:
-    """Calls `model` and keeps the predicted class of every input it sees."""
+    """Keeps the predicted class of every input a model scores: called as a forward hook."""
 
-    def __init__(self, model):
-        self.model, self.seen = model, []
+    def __init__(self):
+        self.seen = []
 
-    def __call__(self, inputs):
-        outputs = self.model(inputs)
+    def __call__(self, module, inputs, outputs):
         self.seen.append(outputs.argmax(dim=-1))
-        return outputs
+
+
+def _scores_and_predictions(model, n: int, make_batch, target, **options) -> tuple[torch.Tensor, torch.Tensor]:
+    """`scores_in_batches` and the predicted class of each input. An nn.Module is observed
+    (`mechanics.observed`), so its fast inference copy still scores; a black box is wrapped."""
+    predictions = _Predictions()
+    if isinstance(model, nn.Module):
+        with observed(model, predictions):
+            scores = scores_in_batches(model, n, make_batch, target, **options)
+    else:
+        def recorded(inputs):
+            outputs = model(inputs)
+            predictions(model, (inputs,), outputs)
+            return outputs
+
+        scores = scores_in_batches(recorded, n, make_batch, target, **options)
+    return scores, torch.cat(predictions.seen)
 
 
 @torch.no_grad()
@@ -311,15 +326,10 @@ def _path(model, x, saliency, target, fractions, baseline, *, insert: bool, soft
         weights = ((removed - low[image]) / (high[image] - low[image])).clamp(0, 1).view(-1, 1, *x.shape[2:])
         return start[image] + weights * (end[image] - start[image])
 
-    # Resolved on the model itself: the recorder keeps every prediction it sees, timing runs included.
-    batch_size = resolve_batch_size(batch_size, model, lambda: make_batch(slice(0, 1)))
-    recorder = _Predictions(model)
-    with preserved(model):
-        scores = scores_in_batches(recorder, len(x) * steps, make_batch, target.repeat_interleave(steps),
-                                   batch_size=batch_size, softmax=softmax, progress=progress,
-                                   description=description)
-    predictions = torch.cat(recorder.seen).view(len(x), steps)
-    return Curve(fractions.cpu(), scores.view(len(x), steps), predictions, target)
+    scores, predictions = _scores_and_predictions(model, len(x) * steps, make_batch, target.repeat_interleave(steps),
+                                                  batch_size=batch_size, softmax=softmax, progress=progress,
+                                                  description=description)
+    return Curve(fractions.cpu(), scores.view(len(x), steps), predictions.view(len(x), steps), target)
 
 
 def _fractions(steps: int) -> torch.Tensor:
@@ -701,13 +711,13 @@ def data_randomization(explain: Callable, make_model: Callable[[], nn.Module], d
 # --- the leaderboard ------------------------------------------------------------------------------
 
 class _PassCounter:
-    """Counts the images `model` forwards, and those whose output is backpropagated."""
+    """Counts the images `model` forwards, and those whose output is backpropagated: an observer
+    (`mechanics.observed`), so the perturbation methods keep their fast inference copy."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self):
         self.forwards = self.backwards = 0
-        self.handle = model.register_forward_hook(self._forward)
 
-    def _forward(self, module, inputs, output):
+    def __call__(self, module, inputs, output):
         count = output.shape[0]
         self.forwards += count
         if output.requires_grad:
@@ -715,9 +725,6 @@ class _PassCounter:
 
     def _backward(self, count):
         self.backwards += count
-
-    def close(self):
-        self.handle.remove()
 
 
 def _metric_pointing(ctx):
@@ -808,12 +815,10 @@ def leaderboard(methods, data, metrics, *, model: nn.Module, setting: str, targe
         def explain(net, inputs, classes, method=method):
             return method(net, inputs, classes, setting=setting)
 
-        counter, start, maps = _PassCounter(model), time.perf_counter(), []
-        try:
+        counter, start, maps = _PassCounter(), time.perf_counter(), []
+        with observed(model, counter):
             for chunk in batches(len(x), batch_size):
                 maps.append(_explanation(explain, model, x[chunk], target[chunk]))
-        finally:
-            counter.close()
         seconds = (time.perf_counter() - start) / len(x)
         saliency = torch.cat(maps)
         context = dict(model=model, x=x, saliency=saliency, target=target, explain=explain, batch_size=64, **truth)

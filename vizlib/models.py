@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .mechanics import preserved
+from .mechanics import channels_last, preserved
 
 __all__ = [
     "EfficientNetLite0",
@@ -312,15 +312,16 @@ def train(model: nn.Module, dataset, *, epochs: int = 6, batch_size: int = 64, m
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=epochs * steps_per_epoch)
     model.train()
     bar = tqdm(total=epochs * steps_per_epoch, desc=f"training {type(model).__name__}", disable=not progress)
-    for _ in range(epochs):
-        for index in torch.randperm(len(images), generator=generator).split(batch_size):
-            loss = F.cross_entropy(model(images[index].to(device)), labels[index].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-            bar.update()
+    with channels_last(model):
+        for _ in range(epochs):
+            for index in torch.randperm(len(images), generator=generator).split(batch_size):
+                loss = F.cross_entropy(model(images[index].to(device)), labels[index].to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+                bar.update()
     bar.close()
     model.eval()
     if cache:
