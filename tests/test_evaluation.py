@@ -388,6 +388,27 @@ def test_leaderboard_scores_methods_and_counts_their_passes():
                                average="pixels")
 
 
+def test_leaderboard_options_replace_a_setting_and_passes_through_the_fast_copy_are_counted():
+    from vizlib import mechanics, models
+
+    torch.manual_seed(0)
+    net = models.GAPNet(widths=(8, 8)).eval()
+    shapes = data.shapes(4, seed=3)
+    board = evaluation.leaderboard(["occlusion"], shapes, ["relevance mass"], model=net, setting="shapes",
+                                   options={"occlusion": {"stride": 8}})
+    assert mechanics.inference_copy(net) is not net          # a GAPNet has BatchNorms to fold
+    placements = registry.window_count(64, 64, (8, 8), 8)
+    assert board.loc["occlusion", "forwards / image"] == 1 + placements
+    maps = registry.method("occlusion")(net, shapes.images, shapes.labels, stride=8)
+    expected = relevance_mass(maps, shapes.masks).double().mean().item()
+    assert board.loc["occlusion", "relevance mass"] == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(KeyError, match="options"):
+        evaluation.leaderboard(["gradient"], shapes, [], model=net, setting="shapes",
+                               options={"occlusion": {"stride": 8}})
+    with pytest.raises(TypeError, match="options"):
+        evaluation.leaderboard(["occlusion"], shapes, [], model=net, setting="shapes", options={"occlusion": 16})
+
+
 def test_leaderboard_scores_multiple_objects_on_mosaics():
     from vizlib import models
 

@@ -18,7 +18,6 @@ import skimage.draw
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from sklearn.datasets import load_digits, load_sample_image
 
 __all__ = [
     "BLACK",
@@ -70,6 +69,8 @@ def load_image(name: str) -> np.ndarray:
     if name in _SKIMAGE_PHOTOS:
         return _to_rgb(getattr(skimage.data, name)())
     if name in _SKLEARN_PHOTOS:
+        from sklearn.datasets import load_sample_image     # imported on use: sklearn takes 1.3 s
+
         return load_sample_image(f"{name}.jpg")
     if name == "cat_and_coffee":
         return _cat_and_coffee()
@@ -473,6 +474,8 @@ def _rotate(points: np.ndarray, angle: float) -> np.ndarray:
 def digits(size: int = 28) -> ImageSet:
     """scikit-learn's 1797 handwritten digits, [1797, 1, size, size] in [0, 1]."""
     _check_int(size, "size", minimum=8)
+    from sklearn.datasets import load_digits
+
     bunch = load_digits()
     small = torch.from_numpy(bunch.images / 16.0).float()[:, None]
     images = F.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)

@@ -775,7 +775,7 @@ def to_markdown(frame, digits: int = 3) -> str:
 
 
 def leaderboard(methods, data, metrics, *, model: nn.Module, setting: str, target=None,
-                batch_size: int = 8, average: str = "images", progress: bool = False):
+                batch_size: int = 8, average: str = "images", options: dict | None = None, progress: bool = False):
     """Run the named `methods` of `vizlib.registry` over `data` and score each with `metrics`.
 
     `data` is a `vizlib.data.ImageSet` (its masks, boxes and shortcut masks feed the ground-truth
@@ -783,7 +783,9 @@ def leaderboard(methods, data, metrics, *, model: nn.Module, setting: str, targe
     (the target is the predicted class). `metrics` are names of `METRICS`, or a dict {name:
     function(context) → [N]} where context holds model, x, saliency, target, explain, masks,
     boxes, shortcut_masks, instance_masks and batch_size. `setting` picks the registry's defaults
-    ("lite0" or "shapes"). Images go through each method `batch_size` at a time. Returns a pandas
+    ("lite0" or "shapes"); `options` maps a method's name to keyword arguments that replace some of
+    those defaults (``{"occlusion": {"stride": 8}}``). Images go through each method `batch_size` at
+    a time. Returns a pandas
     DataFrame indexed by method: its family and survey section, every metric's mean ("images": over
     the images; "classes": `class_mean` over the targets' classes, Zhang et al.'s protocol) and
     standard deviation over the images, and the cost per image: seconds, forward and backward
@@ -808,12 +810,18 @@ def leaderboard(methods, data, metrics, *, model: nn.Module, setting: str, targe
     labels = getattr(data, "labels", None)
     target = check_target(target if target is not None else labels, _logits_and_target(model, x, None)[0])
     truth = {name: getattr(data, name, None) for name in ("masks", "boxes", "shortcut_masks", "instance_masks")}
+    methods, options = list(methods), dict(options or {})
+    for name, overrides in options.items():
+        if name not in methods:
+            raise KeyError(f"options: {name!r} is not one of the methods {methods}")
+        if not isinstance(overrides, dict):
+            raise TypeError(f"options[{name!r}]: expected a dict of keyword arguments, got {type(overrides).__name__}")
     rows = []
-    for name in tqdm(list(methods), disable=not progress, desc="leaderboard"):
+    for name in tqdm(methods, disable=not progress, desc="leaderboard"):
         method = registry.method(name)
 
-        def explain(net, inputs, classes, method=method):
-            return method(net, inputs, classes, setting=setting)
+        def explain(net, inputs, classes, method=method, overrides=options.get(name, {})):
+            return method(net, inputs, classes, setting=setting, **overrides)
 
         counter, start, maps = _PassCounter(), time.perf_counter(), []
         with observed(model, counter):
