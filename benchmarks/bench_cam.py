@@ -1,12 +1,13 @@
 """Benchmark rows for the cam chapter: each method on EfficientNet-Lite0 at 224×224, against Captum's
 LayerGradCam and GuidedGradCam where they exist, and Score-CAM's cost per channel against the raw
-batched forward pass, which bounds it from below (one masked forward per channel)."""
+batched forward pass, which bounds it from below (one masked forward per channel), and Score-CAM with
+`batch_size="auto"` against its best fixed batch size."""
 from __future__ import annotations
 
 import torch
 from captum.attr import GuidedGradCam, LayerGradCam
 
-from timing import timings
+from timing import auto_vs_best_fixed, timings
 from vizlib import cam
 from vizlib.mechanics import activations
 
@@ -44,4 +45,6 @@ def rows(model, image, repeats):
                         min(repeats, 2), warmup=0)
     table.append((f"Score-CAM per channel, {SCORE_LAYER} (vs forward)", [t / channels for t in score_cam],
                   [t / SCORE_BATCH for t in timings(forward, repeats)]))
+    table.append(auto_vs_best_fixed(f"Score-CAM, {SCORE_LAYER},", lambda batch_size: cam.score_cam(
+        model, image, TARGET, layer=SCORE_LAYER, batch_size=batch_size), min(repeats, 2)))
     return table

@@ -1,7 +1,7 @@
 """Benchmark rows for the evaluation chapter on EfficientNet-Lite0: deletion and insertion (33 points
 of the curve, one batch of 33) against the raw batched forward of 33 prepared images, the limit any
 implementation lives under; infidelity and max-sensitivity against Captum's metrics with the same
-perturbations and chunks."""
+perturbations and chunks; deletion with `batch_size="auto"` against its best fixed batch size."""
 from __future__ import annotations
 
 import warnings
@@ -9,7 +9,7 @@ import warnings
 import captum.metrics
 import torch
 
-from timing import timings
+from timing import auto_vs_best_fixed, timings
 from vizlib import backprop, evaluation
 
 TARGET = 282          # tiger cat
@@ -51,4 +51,6 @@ def rows(model, image, repeats):
                                                                            target, n_perturb_samples=8),
          lambda: captum.metrics.sensitivity_max(explain, image, n_perturb_samples=8, target=target)),
     ]
-    return [(name, timings(ours, repeats), timings(reference, repeats)) for name, ours, reference in cases]
+    auto = auto_vs_best_fixed(f"deletion {STEPS + 1} pts", lambda batch_size: evaluation.deletion(
+        model, image, saliency, TARGET, steps=STEPS, batch_size=batch_size), repeats)
+    return [(name, timings(ours, repeats), timings(reference, repeats)) for name, ours, reference in cases] + [auto]

@@ -1,22 +1,22 @@
 """Benchmark rows for the perturbation chapter: occlusion and leave-one-out against Captum.
 
 Every case explains one image with 25 perturbed copies (an 80-pixel window at stride 36, or a 5×5
-grid), so a row costs 26 forward passes; times are per explanation. One row compares
-`batch_size="auto"` with the best fixed batch size on this machine (goal: within 1.05×). Two rows
+grid), so a row costs 26 forward passes; times are per explanation. Two rows compare
+`batch_size="auto"` with the best fixed batch size on this machine (goal: within 1.05×), for
+occlusion and for RISE with 64 masks. Two rows
 time one forward pass of `mechanics.inference_copy` (BatchNorm folded, channels-last), which the
 forward-only methods run, against the model itself (goal: 1.5× faster), per image.
 """
 import math
-import statistics
 
 import torch
 from captum.attr import FeatureAblation, Occlusion
 
-from timing import timings
+from timing import auto_vs_best_fixed, timings
 from vizlib.mechanics import inference_copy
-from vizlib.perturbation import grid_segments, leave_one_out, occlusion
+from vizlib.perturbation import grid_segments, leave_one_out, occlusion, rise
 
-WINDOW, STRIDE, CELLS, BATCH = 80, 36, 5, 64
+WINDOW, STRIDE, CELLS, BATCH, RISE_MASKS = 80, 36, 5, 64, 64
 PERTURBED = (math.ceil((224 - WINDOW) / STRIDE) + 1) ** 2   # 25 windows, as many as grid cells
 
 
@@ -62,12 +62,11 @@ def rows(model, image, repeats):
                      forward(model, copies[:size])) for size in (1, 16)]
 
     ours, ours_segments = timed(ours_occlusion), timed(ours_leave_one_out)
-    # batch_size="auto" against the best of the fixed sizes it could have picked, all measured here.
-    fixed = {size: timed(lambda size=size: ours_occlusion(size)) for size in (1, 4, 16, 64)}
-    best = min(fixed, key=lambda size: statistics.median(fixed[size]))
     return [
         *forward_rows,
-        (f"occlusion auto vs best fixed ({best})", timed(lambda: ours_occlusion("auto")), fixed[best]),
+        auto_vs_best_fixed("occlusion", ours_occlusion, repeats),
+        auto_vs_best_fixed(f"RISE, {RISE_MASKS} masks,", lambda batch_size: rise(
+            model, image, target, n_masks=RISE_MASKS, batch_size=batch_size), repeats),
         ("occlusion vs Captum, ppe=1", ours, timed(theirs_occlusion(1))),
         ("occlusion, batch 1 vs Captum, ppe=1", timed(lambda: ours_occlusion(1)), timed(theirs_occlusion(1))),
         (f"occlusion vs Captum, ppe={PERTURBED}", ours, timed(theirs_occlusion(PERTURBED))),

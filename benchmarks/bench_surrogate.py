@@ -6,14 +6,15 @@ forward passes on both sides: 64 coalitions for Lime and KernelShap; 4 permutati
 (4 · 16 passes) for ShapleyValueSampling, against Kernel SHAP with 62 coalitions (+3 passes).
 Captum runs at its default perturbations_per_eval=1 and at our batch size (for
 ShapleyValueSampling, whose batches never exceed one permutation's M passes, both sides at M);
-times are per explanation, ours and the reference measured in turns.
+times are per explanation, ours and the reference measured in turns. The last row times LIME with
+`batch_size="auto"` against its best fixed batch size.
 """
 import warnings
 
 import torch
 from captum.attr import KernelShap, Lime, ShapleyValueSampling
 
-from timing import timings
+from timing import auto_vs_best_fixed, timings
 from vizlib.perturbation import grid_segments
 from vizlib.surrogate import kernel_shap, lime
 
@@ -64,7 +65,9 @@ def rows(model, image, repeats):
         (f"kernel_shap, batch {count} vs ShapleyValueSampling, ppe={count}", ours_kernel_shap(matched, count),
          captum(ShapleyValueSampling, count, PERMUTATIONS)),
     ]
-    return [(name, *alternating(ours, reference, repeats)) for name, ours, reference in cases]
+    auto = auto_vs_best_fixed(f"lime, n={SAMPLES},", lambda batch_size: lime(
+        model, image, TARGET, segments=segments, n_samples=SAMPLES, batch_size=batch_size), repeats)
+    return [(name, *alternating(ours, reference, repeats)) for name, ours, reference in cases] + [auto]
 
 
 def alternating(ours, reference, repeats):

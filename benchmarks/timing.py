@@ -34,3 +34,11 @@ def print_table(title, rows):
     for name, ours, reference in rows:
         ratio = f"{statistics.median(reference) / statistics.median(ours):9.2f}x" if reference else ""
         print(f"{name:<34}{cell(ours):>18}{cell(reference):>20}{ratio:>10}")
+
+
+def auto_vs_best_fixed(name, run, repeats, sizes=(1, 4, 16, 64)):
+    """One row: ``run("auto")`` against the fastest of ``run(size)`` for the fixed `sizes`, all timed
+    here, in this process (the goal of `batch_size="auto"`: within 1.05× of the best fixed size)."""
+    fixed = {size: timings(lambda size=size: run(size), repeats, warmup=1) for size in sizes}
+    best = min(fixed, key=lambda size: statistics.median(fixed[size]))
+    return f"{name} auto vs best fixed ({best})", timings(lambda: run("auto"), repeats, warmup=1), fixed[best]

@@ -468,9 +468,15 @@ def test_channels_last_restores_each_layout_and_keeps_values_and_identity_even_o
         torch.testing.assert_close(tensor, before[name], rtol=0, atol=0)
 
 
-def test_training_leaves_the_weights_contiguous():
+def test_training_leaves_weights_and_gradients_contiguous_so_a_later_backward_does_not_warn():
+    import warnings
+
     from vizlib import models
 
     images, labels = torch.rand(8, 3, 16, 16), torch.arange(8) % 4
     net = models.train(models.GAPNet(widths=(4, 8)), (images, labels), epochs=1, cache=False, progress=False)
     assert all(parameter.is_contiguous() for parameter in net.parameters())
+    assert all(parameter.grad.is_contiguous() for parameter in net.parameters() if parameter.grad is not None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net(images).sum().backward()

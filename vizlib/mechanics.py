@@ -232,8 +232,10 @@ def preserved(model: nn.Module, *, eval_mode: bool = True, freeze: bool = True) 
 
 @contextlib.contextmanager
 def channels_last(model: nn.Module) -> Iterator[nn.Module]:
-    """Inside, every 4-D parameter and buffer of `model` is stored channels-last; on exit each gets
-    back the memory format it had, also when an exception is raised. The values are untouched.
+    """Inside, every 4-D parameter and buffer of `model` is stored channels-last; on exit each (and
+    each parameter's gradient) gets back the memory format it had, also when an exception is raised;
+    a gradient left in the other layout would make every later backward pass warn. The values are
+    untouched.
 
     Training loops use it: on the CPU a small CNN's convolutions train about 1.3-1.4× faster in this
     layout (GAPNet, 64 × 64 shapes, one thread). Parameters keep their identity, so an optimizer
@@ -249,6 +251,8 @@ def channels_last(model: nn.Module) -> Iterator[nn.Module]:
         for tensor, was_contiguous in zip(tensors, contiguous):
             if was_contiguous:
                 tensor.data = tensor.data.contiguous()
+                if tensor.grad is not None:
+                    tensor.grad = tensor.grad.contiguous()
 
 
 def check_input(x: torch.Tensor, *, name: str = "x") -> torch.Tensor:
