@@ -4,8 +4,8 @@ The companion library of the book "Seeing inside CNNs". Import a family module a
 method: ``from vizlib import models, data, viz``; or call any method by name through the registry:
 ``vizlib.explain(model, x, "grad_cam", target)``, and list them with ``vizlib.methods()``.
 """
-from .mechanics import (activations, capture, check_input, check_target, device, preserved, resolve_layer,
-                        scores_in_batches, swapped)
+from .mechanics import (activations, capture, check_input, check_target, device, observed, preserved,
+                        resolve_layer, scores_in_batches, swapped)
 
 __version__ = "0.1.0"
 
@@ -17,6 +17,7 @@ __all__ = [
     "check_input",
     "check_target",
     "device",
+    "observed",
     "preserved",
     "resolve_layer",
     "scores_in_batches",

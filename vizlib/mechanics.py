@@ -476,9 +476,10 @@ def inference_copy(model: nn.Module) -> nn.Module:
     The copy is made once and cached while the model's parameters and buffers are unchanged (an
     optimizer step or `load_state_dict` makes a new one). The model itself is never changed. It is
     returned as it is when it has hooks other than `observed` ones (they must run), has no
-    BatchNorm to fold, or when
-    `scores_in_batches` found that the copy's outputs differ from it (a BatchNorm registered after
-    a layer it does not follow).
+    BatchNorm to fold, or when `scores_in_batches` found that the copy's outputs differ from it (a
+    BatchNorm registered after a layer it does not follow). The copy runs the model's own forward
+    code on copied modules, so side effects written into `forward` (a counter, a cache) happen on
+    the copy: count passes with `observed` instead.
     """
     if not isinstance(model, nn.Module):
         return model
