@@ -1,7 +1,8 @@
 """Benchmark rows for the perturbation chapter: occlusion and leave-one-out against Captum.
 
 Every case explains one image with 25 perturbed copies (an 80-pixel window at stride 36, or a 5×5
-grid), so a row costs 26 forward passes; times are per explanation. Two rows compare
+grid), so a row costs 26 forward passes; times are per explanation, ours at the default
+`batch_size="auto"` unless a row names a size. Two rows compare
 `batch_size="auto"` with the best fixed batch size on this machine (goal: within 1.05×), for
 occlusion and for RISE with 64 masks. Two rows
 time one forward pass of `mechanics.inference_copy` (BatchNorm folded, channels-last), which the
@@ -25,7 +26,7 @@ def rows(model, image, repeats):
     segments = grid_segments(224, 224, CELLS).to(image.device)
     captum_occlusion, captum_ablation = Occlusion(model), FeatureAblation(model)
 
-    def ours_occlusion(batch_size=BATCH):
+    def ours_occlusion(batch_size="auto"):
         occlusion(model, image, target, window=WINDOW, stride=STRIDE, batch_size=batch_size)
 
     def theirs_occlusion(perturbations_per_eval):
@@ -34,7 +35,7 @@ def rows(model, image, repeats):
                                                   perturbations_per_eval=perturbations_per_eval)
 
     def ours_leave_one_out():
-        leave_one_out(model, image, target, segments=segments, batch_size=BATCH)
+        leave_one_out(model, image, target, segments=segments)
 
     def theirs_ablation(perturbations_per_eval):
         return lambda: captum_ablation.attribute(image, target=target, feature_mask=segments[None, None],

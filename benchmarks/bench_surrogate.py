@@ -14,7 +14,7 @@ import warnings
 import torch
 from captum.attr import KernelShap, Lime, ShapleyValueSampling
 
-from timing import auto_vs_best_fixed, timings
+from timing import alternating, auto_vs_best_fixed, timings
 from vizlib.perturbation import grid_segments
 from vizlib.surrogate import kernel_shap, lime
 
@@ -68,14 +68,3 @@ def rows(model, image, repeats):
     auto = auto_vs_best_fixed(f"lime, n={SAMPLES},", lambda batch_size: lime(
         model, image, TARGET, segments=segments, n_samples=SAMPLES, batch_size=batch_size), repeats)
     return [(name, *alternating(ours, reference, repeats)) for name, ours, reference in cases] + [auto]
-
-
-def alternating(ours, reference, repeats):
-    """Times of `ours` and `reference`, run in turns (after one warm-up each), so that a load that
-    changes during the benchmark slows both sides alike."""
-    ours(), reference()
-    times = ([], [])
-    for _ in range(repeats):
-        for fn, kept in zip((ours, reference), times):
-            kept.extend(timings(fn, 1, warmup=0))
-    return times

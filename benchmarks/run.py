@@ -30,6 +30,7 @@ FAMILIES = {
     "evaluation": "Evaluation metrics vs the raw forward / Captum infidelity and sensitivity",
     "robustness": "Attacks vs Captum FGSM / PGD",
     "explorer": "The explorer: class, layer and image switches vs direct vizlib.cam calls",
+    "training": "Small-net training steps: channels-last (as models.train runs them) vs contiguous",
 }
 
 
@@ -84,8 +85,9 @@ def main():
                     limit_rows(model, image, args.batch_sizes, args.repeats))
     for family, title in FAMILIES.items():
         if family in wanted:
-            rows = importlib.import_module(f"bench_{family}").rows(model, image, args.repeats)
-            print_table(f"{title}: EfficientNet-Lite0, 224×224", rows)
+            module = importlib.import_module(f"bench_{family}")
+            rows = module.rows(model, image, args.repeats)
+            print_table(f"{title}: {getattr(module, 'SUBJECT', 'EfficientNet-Lite0, 224×224')}", rows)
     if not args.no_training and args.only is None:
         print("\nSmall nets: models.train on shapes(2000, 64×64), 6 epochs; accuracy on shapes(500, seed=1)")
         for name, seconds, accuracy in training_rows():

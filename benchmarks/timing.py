@@ -36,9 +36,22 @@ def print_table(title, rows):
         print(f"{name:<34}{cell(ours):>18}{cell(reference):>20}{ratio:>10}")
 
 
+def alternating(ours, reference, repeats):
+    """Times of `ours` and `reference`, run in turns (after one warm-up each), so that a load that
+    changes during the benchmark slows both sides alike."""
+    ours(), reference()
+    times = ([], [])
+    for _ in range(repeats):
+        for fn, kept in zip((ours, reference), times):
+            kept.extend(timings(fn, 1, warmup=0))
+    return times
+
+
 def auto_vs_best_fixed(name, run, repeats, sizes=(1, 4, 16, 64)):
-    """One row: ``run("auto")`` against the fastest of ``run(size)`` for the fixed `sizes`, all timed
-    here, in this process (the goal of `batch_size="auto"`: within 1.05× of the best fixed size)."""
+    """One row: ``run("auto")`` against the fastest of ``run(size)`` for the fixed `sizes` (the goal
+    of `batch_size="auto"`: within 1.05× of the best fixed size). The best size is found first;
+    then auto and that size are timed in turns, so a drifting load slows both alike."""
     fixed = {size: timings(lambda size=size: run(size), repeats, warmup=1) for size in sizes}
     best = min(fixed, key=lambda size: statistics.median(fixed[size]))
-    return f"{name} auto vs best fixed ({best})", timings(lambda: run("auto"), repeats, warmup=1), fixed[best]
+    return (f"{name} auto vs best fixed ({best})",
+            *alternating(lambda: run("auto"), lambda: run(best), repeats))
