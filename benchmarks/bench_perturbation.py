@@ -2,10 +2,9 @@
 
 Every case explains one image with 25 perturbed copies (an 80-pixel window at stride 36, or a 5×5
 grid), so a row costs 26 forward passes; times are per explanation, ours at the default
-`batch_size="auto"` unless a row names a size. Two rows compare
-`batch_size="auto"` with the best fixed batch size on this machine (goal: within 1.05×), for
-occlusion and for RISE with 64 masks. Two rows
-time one forward pass of `mechanics.inference_copy` (BatchNorm folded, channels-last), which the
+`batch_size="auto"` unless a row names a size. Two rows compare `batch_size="auto"` with the best
+fixed batch size on this machine (goal: within 1.05×), for occlusion and for RISE with 64 masks.
+Two rows time one forward pass of `mechanics.inference_copy` (BatchNorm folded, channels-last), which the
 forward-only methods run, against the model itself (goal: 1.5× faster), per image.
 """
 import math

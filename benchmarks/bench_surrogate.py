@@ -6,8 +6,8 @@ forward passes on both sides: 64 coalitions for Lime and KernelShap; 4 permutati
 (4 · 16 passes) for ShapleyValueSampling, against Kernel SHAP with 62 coalitions (+3 passes).
 Ours run at the default `batch_size="auto"`, Captum at its default perturbations_per_eval=1 and at
 32 (for ShapleyValueSampling, whose batches never exceed one permutation's M passes, both sides
-at M); times are per explanation, ours and the reference measured in turns. The last row times LIME with
-`batch_size="auto"` against its best fixed batch size.
+at M); times are per explanation, ours and the reference measured in turns. The last row times
+LIME with `batch_size="auto"` against its best fixed batch size.
 """
 import warnings
 

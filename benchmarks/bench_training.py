@@ -1,13 +1,14 @@
 """Benchmark rows for the small nets the chapters train: one optimizer step of `models.train`'s
 loop (AdamW, batch 64, 64×64 shapes) with the weights channels-last, as `models.train` runs it
-(`mechanics.channels_last`), against the same step in the default contiguous layout. Times are per
-step; the EfficientNet arguments of `rows` are not used."""
+(`mechanics.channels_last`), against the same step of an identical net in the default contiguous
+layout, the two timed in turns. Times are per step; the EfficientNet arguments of `rows` are not
+used."""
 from __future__ import annotations
 
 import torch
 from torch.nn import functional as F
 
-from timing import timings
+from timing import alternating
 from vizlib import attention, data, models
 from vizlib.mechanics import channels_last
 
@@ -22,8 +23,7 @@ def rows(model, image, repeats):
             "GAPNet (default)": models.GAPNet,
             "AttentionNet, CBAM (chapter 6)": lambda: attention.AttentionNet(
                 "cbam", widths=(8, 16, 32, 64), stem_stride=2)}
-    table = []
-    for name, make in nets.items():
+    def training_step(make):
         torch.manual_seed(0)
         net = make().to(image.device).train()
         optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
@@ -33,9 +33,12 @@ def rows(model, image, repeats):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+        return net, step
 
-        contiguous = timings(step, repeats)
-        with channels_last(net):
-            last = timings(step, repeats)
-        table.append((f"train step, {name}: channels-last vs contiguous", last, contiguous))
+    table = []
+    for name, make in nets.items():
+        (last_net, last_step), (_, contiguous_step) = training_step(make), training_step(make)
+        with channels_last(last_net):
+            table.append((f"train step, {name}: channels-last vs contiguous",
+                          *alternating(last_step, contiguous_step, repeats)))
     return table

@@ -26,9 +26,8 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # The registry imports every family module (and, through vizlib.data, scikit-image and
-    # scikit-learn); load it on first use only, so that ``import vizlib`` stays as cheap as its
-    # mechanics.
+    # The registry imports every family module (and, through vizlib.data, scikit-image); load it on
+    # first use only, so that ``import vizlib`` stays as cheap as its mechanics.
     if name in ("explain", "methods"):
         from . import registry
 

@@ -238,8 +238,8 @@ def channels_last(model: nn.Module) -> Iterator[nn.Module]:
     untouched.
 
     Training loops use it: on the CPU a small CNN's convolutions train about 1.3-1.4× faster in this
-    layout (GAPNet, 64 × 64 shapes, one thread). Parameters keep their identity, so an optimizer
-    made inside keeps working.
+    layout (`benchmarks/bench_training.py`). Parameters keep their identity, so an optimizer made
+    before or inside keeps working.
     """
     tensors = [tensor for tensor in [*model.parameters(), *model.buffers()] if tensor.dim() == 4]
     contiguous = [tensor.is_contiguous() for tensor in tensors]
@@ -544,6 +544,7 @@ def scores_in_batches(
     if n == 0:
         return torch.empty(0)
     scores = []
+
     def first_input():
         return make_batch(slice(0, 1))
 
