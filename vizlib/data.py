@@ -69,7 +69,7 @@ def load_image(name: str) -> np.ndarray:
     if name in _SKIMAGE_PHOTOS:
         return _to_rgb(getattr(skimage.data, name)())
     if name in _SKLEARN_PHOTOS:
-        from sklearn.datasets import load_sample_image     # imported on use: sklearn takes 1.3 s
+        from sklearn.datasets import load_sample_image     # on use: scikit-learn is slow to import
 
         return load_sample_image(f"{name}.jpg")
     if name == "cat_and_coffee":
